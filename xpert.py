@@ -1,0 +1,620 @@
+"""
+EfficientXpert, the method: LoRA fine-tuning of a LLaMA with pruning inside the same run.
+
+Read this file beside PAPER.md (../shared/PAPER.md); the sections below follow it in order and every
+formula cites it ("PAPER.md §4.2", "paper Eq. 2"). Only the method lives here: no CLI, no data
+loading, no training loop. The pieces, in order:
+
+    §3  activation capture (forward hooks, block by block)        Capture, sequential_blocks
+    §3  masked LoRA (frozen W, mask M, adapter B·A, fold)          LoRALinear, add_lora, merge_lora
+    §4  ForeSight Mask scores, consumer energies, selection, EMA   foresight_scores, consumer_energy, select_mask
+    §5  Partial Brain Surgeon, both readings, PCA init of A        pbs_output, pbs_diag, pca_A
+    §3  the prune event                                            prune_event
+    §6  one-shot baselines: magnitude, Wanda, SparseGPT           prune_oneshot, sparsegpt_prune
+        sparsity measured from the weights                        sparsity_report, format_sparsity
+
+Layout (PAPER.md §2): a linear layer computes y = x Wᵀ with W (m outputs × n inputs); LoRA B (m×r),
+A (r×n), scale s = α/r; effective weight U = W + s·B·A; mask M (True = keep); X (N tokens × n) the
+calibration inputs of a layer, ‖X_c‖² its column energy and H = XᵀX its Gram matrix.
+"""
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import PROJECTIONS
+
+
+def get_sub(module, dotted):
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def set_sub(module, dotted, new):
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(get_sub(module, parent) if parent else module, leaf, new)
+
+
+def layer_name(b, proj):
+    """The name of a projection as in the state dict, without '.weight': model.layers.3.mlp.down_proj."""
+    return f"model.layers.{b}.{proj}"
+
+
+def _f32(t):
+    """At least float32 (bf16/fp16 weights are scored and folded in float32; float64 stays float64)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _now(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)  # GPU work is asynchronous: wait for it before reading the clock
+    return time.perf_counter()
+
+
+# -----------------------------------------------------------------------------
+# PAPER.md §3 — activation capture
+
+# In a LLaMA block q/k/v read the same tensor (input_layernorm's output) and gate/up read the same
+# tensor (post_attention_layernorm's output): four distinct inputs feed the seven projections. We hook
+# those four and let the seven names share their statistics (3 fewer n×n Gram matrices to form).
+INPUT_OF = {"self_attn.q_proj": "self_attn.q_proj", "self_attn.k_proj": "self_attn.q_proj",
+            "self_attn.v_proj": "self_attn.q_proj", "self_attn.o_proj": "self_attn.o_proj",
+            "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.gate_proj", "mlp.down_proj": "mlp.down_proj"}
+
+
+class InputStats:
+    """Float32 running statistics of the input X (N×n) of one projection over calibration batches."""
+
+    def __init__(self, n, gram, device):
+        self.n_tokens = 0
+        self.energy = torch.zeros(n, dtype=torch.float32, device=device)  # ‖X_c‖² = Σ_t x_tc²
+        self.gram = torch.zeros(n, n, dtype=torch.float32, device=device) if gram else None  # H = XᵀX
+
+    def add(self, x):
+        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, n)
+        self.n_tokens += x.shape[0]
+        self.energy += x.pow(2).sum(0)
+        if self.gram is not None:
+            self.gram.addmm_(x.T, x)
+
+    @property
+    def rms(self):
+        """g_c = RMS activation of column c (PAPER.md §5.2)."""
+        return (self.energy / max(self.n_tokens, 1)).sqrt()
+
+
+class Capture:
+    """Context manager: forward hooks on the projections of one block that accumulate InputStats.
+    `with Capture(block, gram=True) as cap: block(x, cos, sin)` then cap.stats[proj].energy / .gram.
+    The hooks are removed on leaving the block, also when the forward raised."""
+
+    def __init__(self, block, gram=False):
+        self.block, self.gram, self.handles, self.stats = block, gram, [], {}
+
+    def __enter__(self):
+        try:
+            by_input = {}
+            for src in dict.fromkeys(INPUT_OF.values()):
+                mod = get_sub(self.block, src)
+                st = by_input[src] = InputStats(mod.weight.shape[1], self.gram, mod.weight.device)
+                self.handles.append(mod.register_forward_hook(lambda m, inp, out, st=st: st.add(inp[0])))
+            self.stats = {name: by_input[src] for name, src in INPUT_OF.items()}
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        return False  # never swallow the exception
+
+
+def sequential_blocks(model, calib_ids, batch_size=8, gram=False, progress=False, desc="blocks", timings=None):
+    """Generator over blocks (PAPER.md §3, "capture is sequential as in Wanda/SparseGPT"): yields
+    (b, block, stats) with stats captured on the inputs block b sees now. The caller prunes block b,
+    and when the loop resumes the calibration hidden states are pushed through the *pruned* block,
+    so block b+1 sees what the pruned model computes. Only one block's statistics exist at a time.
+    Time spent in forwards (both passes) is added to timings["capture"]."""
+    device = model.lm_head.weight.device
+    timings = {} if timings is None else timings
+    timings.setdefault("capture", 0.0)
+    with torch.no_grad():
+        t = _now(device)
+        xs = []
+        for ids in calib_ids.to(device).split(batch_size):
+            x, cos, sin = model.embed(ids)  # all batches have the same length T: one rotary table
+            xs.append(x)
+        timings["capture"] += _now(device) - t
+    for b, block in enumerate(tqdm(model.model.layers, desc=desc, disable=not progress)):
+        with torch.no_grad():
+            t = _now(device)
+            with Capture(block, gram) as cap:
+                for x in xs:
+                    block(x, cos, sin)
+            timings["capture"] += _now(device) - t
+        yield b, block, cap.stats
+        with torch.no_grad():
+            t = _now(device)
+            xs = [block(x, cos, sin) for x in xs]  # through the block as the caller left it (pruned)
+            timings["capture"] += _now(device) - t
+
+
+# -----------------------------------------------------------------------------
+# PAPER.md §3 — masked LoRA
+
+FORWARD_MODES = ("exact", "lowrank")
+
+
+class LoRALinear(nn.Module):
+    """A projection with a frozen base weight W, a mask M and a LoRA adapter (B, A) (PAPER.md §2-3).
+
+    forward_mode="exact" (the default): y = x·((W + s·B·A) ⊙ M)ᵀ — the paper's masked LoRA. A pruned
+      weight never contributes, and gradients of A, B only see kept positions. The model trained is
+      exactly the model that fold() produces. Cost: the dense m×n product s·B·A is formed (and kept
+      for backward) every step, and the weight gradient is a full m×n outer product, as in full
+      fine-tuning. With dropout active the adapter path reads dropout(x):
+      y = x·(W⊙M)ᵀ + dropout(x)·((s·B·A)⊙M)ᵀ (one matmul when dropout is off).
+    forward_mode="lowrank": y = x·(W⊙M)ᵀ + s·((dropout(x)·Aᵀ)·Bᵀ) — plain LoRA cost. During training
+      the adapter also acts at pruned positions; that contribution is dropped at the next fold, so this
+      is NOT the same model at the next fold (the folded model differs by x·((s·B·A)⊙(1−M))ᵀ). No exact
+      low-rank equivalent exists: (B·A)⊙M is not low-rank, so its gradient s·(G⊙M)·Aᵀ needs the full
+      m×n gradient G either way.
+    fold(): W ← (W + s·B·A) ⊙ M, then A re-initialised, B = 0 — idempotent, same in both modes."""
+
+    def __init__(self, base: nn.Linear, rank=8, alpha=16, dropout=0.05, mask=None, forward_mode="exact"):
+        super().__init__()
+        assert forward_mode in FORWARD_MODES, f"forward_mode must be one of {FORWARD_MODES}"
+        m, n = base.weight.shape
+        self.in_features, self.out_features, self.rank = n, m, rank
+        self.scale = alpha / rank  # s = α/r
+        self.forward_mode = forward_mode
+        self.weight = base.weight  # same Parameter: the state-dict key stays "...q_proj.weight"
+        self.weight.requires_grad_(False)
+        dev, dt = self.weight.device, self.weight.dtype
+        mask = torch.ones(m, n, dtype=torch.bool, device=dev) if mask is None else mask.to(dev, torch.bool)
+        assert mask.shape == (m, n), f"mask {tuple(mask.shape)} does not match weight {(m, n)}"
+        self.register_buffer("mask", mask)
+        self.lora_A = nn.Parameter(torch.empty(rank, n, device=dev, dtype=dt))
+        self.lora_B = nn.Parameter(torch.empty(m, rank, device=dev, dtype=dt))
+        self.dropout = nn.Dropout(dropout)
+        self.reset_adapter()
+
+    @torch.no_grad()
+    def reset_adapter(self, A=None):
+        """A ← kaiming-uniform (as LoRA/PEFT) or the given A; B ← 0. In place: optimizer references
+        stay valid (their moment estimates are the training loop's business)."""
+        if A is None:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            self.lora_A.copy_(A)
+        self.lora_B.zero_()
+
+    def delta(self):
+        """s·B·A (m×n), the adapter's dense update."""
+        return self.scale * (self.lora_B @ self.lora_A)
+
+    def effective_weight(self):
+        """(W + s·B·A) ⊙ M in float32: the weight the exact forward computes and fold() writes."""
+        W, A, B = (_f32(t) for t in (self.weight, self.lora_A, self.lora_B))
+        return (W + self.scale * (B @ A)) * self.mask
+
+    def forward(self, x):
+        Wm = self.weight * self.mask
+        if self.forward_mode == "exact":
+            dm = self.delta() * self.mask
+            if not (self.training and self.dropout.p > 0):
+                return F.linear(x, Wm + dm)
+            return F.linear(x, Wm) + F.linear(self.dropout(x), dm)
+        return F.linear(x, Wm) + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+
+    @torch.no_grad()
+    def fold(self):
+        """W ← (W + s·B·A) ⊙ M; A re-initialised; B = 0 (PAPER.md §3). Idempotent: with B = 0 and W
+        already zero off the mask, a second fold leaves W unchanged."""
+        self.weight.copy_(self.effective_weight().to(self.weight.dtype))
+        self.reset_adapter()
+
+    def extra_repr(self):
+        return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, s={self.scale:g}, "
+                f"mode={self.forward_mode}, kept={self.mask.float().mean().item():.3f}")
+
+
+def lora_layers(model):
+    """(name, LoRALinear) of every adapted projection, in block order."""
+    for b, block in enumerate(model.model.layers):
+        for proj in PROJECTIONS:
+            mod = get_sub(block, proj)
+            if isinstance(mod, LoRALinear):
+                yield layer_name(b, proj), mod
+
+
+def add_lora(model, rank=8, alpha=16, dropout=0.05, masks=None, forward_mode="exact"):
+    """Wrap the seven projections of every block in LoRALinear (in place; returns model). masks:
+    optional {layer_name: bool (m×n)} — e.g. Wanda's masks for the Wanda→LoRA baseline (PAPER.md §6),
+    so the masked adapter keeps the pruned base's pattern. Everything but the adapters is frozen."""
+    model.requires_grad_(False)
+    for b, block in enumerate(model.model.layers):
+        for proj in PROJECTIONS:
+            base = get_sub(block, proj)
+            assert not isinstance(base, LoRALinear), f"{layer_name(b, proj)} already has an adapter"
+            mask = None if masks is None else masks.get(layer_name(b, proj))
+            set_sub(block, proj, LoRALinear(base, rank, alpha, dropout, mask, forward_mode))
+    return model
+
+
+def lora_parameters(model):
+    """The adapter parameters (A and B of every LoRALinear), marked trainable: what the optimizer gets."""
+    params = []
+    for _, mod in lora_layers(model):
+        for p in (mod.lora_A, mod.lora_B):
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+@torch.no_grad()
+def merge_lora(model):
+    """Fold every adapter and put plain nn.Linear back (same weight Parameter, still frozen): the result
+    is an ordinary model.py LLaMA whose save_pretrained writes standard Hugging Face keys. Because fold
+    multiplies by M, the merge keeps the exact sparsity (it does not densify)."""
+    for b, block in enumerate(model.model.layers):
+        for proj in PROJECTIONS:
+            mod = get_sub(block, proj)
+            if isinstance(mod, LoRALinear):
+                mod.fold()
+                lin = nn.Linear(mod.in_features, mod.out_features, bias=False, device="meta")
+                lin.weight = mod.weight
+                set_sub(block, proj, lin)
+    return model
+
+
+def effective_weight(mod):
+    """Float32 effective weight of a projection: (W + s·B·A) ⊙ M for LoRALinear, W for nn.Linear."""
+    return mod.effective_weight() if isinstance(mod, LoRALinear) else _f32(mod.weight)
+
+
+# -----------------------------------------------------------------------------
+# PAPER.md §4 — ForeSight Mask
+
+def foresight_scores(U, col_energy, e):
+    """Paper Eq. 2 in PyTorch layout (PAPER.md §4): s[j, c] = U[j, c]² · ‖X_c‖² · e_j.
+    U (m×n) effective weight, col_energy (n,) = ‖X_c‖², e (m,) = energy with which consumers read
+    output j. For a linear chain it is exactly ‖ΔZ‖²_F of the consumer's output when U[j,c] alone is
+    zeroed (PAPER.md §4.1; tested by brute force)."""
+    return U.pow(2) * col_energy[None, :] * e[:, None]
+
+
+def consumer_energy(block, nxt, n_head, n_kv, head_dim):
+    """e_j of the seven projections of `block` (PAPER.md §4.2 table, GQA included), on effective
+    weights. nxt: the next Block (down_proj is read by its q/k/v through its input_layernorm γ), or
+    (final_norm, lm_head) for the last block. Returns {proj: e (m,)} in float32.
+
+    Our reading of the table (the authors' code differs in places): RoPE is ignored (it rotates pairs
+    of dims inside a head; the dims' energies are taken as they are), and SwiGLU / attention are
+    treated as if the consumer read the output linearly, as the paper's diagonal score does."""
+    U = {p.split(".")[-1]: effective_weight(get_sub(block, p)) for p in PROJECTIONS}
+    rep = n_head // n_kv  # query heads per KV group; KV head g serves heads g*rep ... g*rep+rep-1
+    q_rows = U["q_proj"].pow(2).sum(1).view(n_head, head_dim)  # ‖U_q[h·hd+d, :]‖²
+    k_rows = U["k_proj"].pow(2).sum(1).view(n_kv, head_dim)  # ‖U_k[g·hd+d, :]‖²
+    o_cols = U["o_proj"].pow(2).sum(0).view(n_head, head_dim)  # ‖U_o[:, h·hd+d]‖²
+    e = {}
+    e["self_attn.q_proj"] = k_rows.repeat_interleave(rep, 0).reshape(-1)  # k of the same group, same dim
+    e["self_attn.k_proj"] = q_rows.view(n_kv, rep, head_dim).sum(1).reshape(-1)  # Σ over q heads in g
+    e["self_attn.v_proj"] = o_cols.view(n_kv, rep, head_dim).sum(1).reshape(-1)  # o columns of heads in g
+    g_post = _f32(block.post_attention_layernorm.weight).pow(2)
+    e["self_attn.o_proj"] = g_post * (U["gate_proj"].pow(2).sum(0) + U["up_proj"].pow(2).sum(0))
+    e["mlp.gate_proj"] = e["mlp.up_proj"] = U["down_proj"].pow(2).sum(0)  # down_proj column j
+    if isinstance(nxt, (tuple, list)):  # last block: final norm, then lm_head
+        norm, head = nxt
+        gamma, readers = norm.weight, [_f32(head.weight)]
+    else:
+        gamma = nxt.input_layernorm.weight
+        readers = [effective_weight(get_sub(nxt, p)) for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")]
+    e["mlp.down_proj"] = _f32(gamma).pow(2) * sum(Wc.pow(2).sum(0) for Wc in readers)
+    return e
+
+
+def n_pruned(size, p):
+    """How many of `size` weights a group loses at sparsity p: floor(p·size), as Wanda does
+    (the 1e-6 guards against 0.3·10 = 2.9999999999999996). Every group of a matrix has the same size,
+    so each matrix loses exactly groups·floor(p·group size) weights."""
+    return int(math.floor(p * size + 1e-6))
+
+
+def select_mask(scores, sparsity, group="out", nm=None):
+    """Keep-mask (bool, True = keep) pruning the lowest scores (PAPER.md §4.3). group: 'out' (each
+    output row loses floor(p·n)), 'in' (each input column loses floor(p·m)), 'layer' (the matrix loses
+    floor(p·m·n)). nm=(N, M): in every run of M consecutive inputs of a row, the N lowest are pruned
+    (overrides sparsity and group). Counts are exact whatever the ties (top-k, not a threshold)."""
+    m, n = scores.shape
+    if nm is not None:
+        N, M = nm
+        assert n % M == 0, f"N:M needs the input size {n} to be a multiple of M={M}"
+        s = scores.reshape(m, n // M, M)
+        idx = s.topk(N, dim=-1, largest=False).indices
+        return torch.ones_like(s, dtype=torch.bool).scatter_(-1, idx, False).reshape(m, n)
+    keep = torch.ones(m, n, dtype=torch.bool, device=scores.device)
+    if group == "out":
+        idx = scores.topk(n_pruned(n, sparsity), dim=1, largest=False).indices
+        return keep.scatter_(1, idx, False)
+    if group == "in":
+        idx = scores.topk(n_pruned(m, sparsity), dim=0, largest=False).indices
+        return keep.scatter_(0, idx, False)
+    if group == "layer":
+        idx = scores.reshape(-1).topk(n_pruned(m * n, sparsity), largest=False).indices
+        return keep.reshape(-1).scatter_(0, idx, False).reshape(m, n)
+    raise ValueError(f"group must be 'out', 'in' or 'layer', not {group!r}")
+
+
+# -----------------------------------------------------------------------------
+# PAPER.md §5 — Partial Brain Surgeon
+#
+# λ (paper: 1e-8). With lam_relative=True (the default) the ridge is λ times the mean diagonal of the
+# r×r system's Gram, per row: the solution is then invariant to the scale of X (H grows with the number
+# of calibration tokens, so an absolute 1e-8 is a no-op for real data and a different regulariser for
+# every calibration size) and a row whose system is singular (e.g. all of A's kept columns zero) still
+# solves. lam_relative=False applies λ as written. The r×r solves run in float64.
+
+def _ridge(G, lam, relative):
+    """G (…, r, r) float64 + λ_eff·I."""
+    r = G.shape[-1]
+    lam_eff = lam * G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30) if relative \
+        else torch.full(G.shape[:-2], float(lam), dtype=G.dtype, device=G.device)
+    return G + lam_eff[..., None, None] * torch.eye(r, dtype=G.dtype, device=G.device)
+
+
+def pbs_output(U, A, M, H, s, lam=1e-8, lam_relative=True, chunk=None):
+    """PBS, our reading (PAPER.md §5.1): ΔB (m×r) minimising ‖(s·(ΔB A) ⊙ M − R) Xᵀ‖²_F + λ‖ΔB‖²_F with
+    R = U ⊙ (1−M). Row i separates (A_K = A on the kept columns K_i):
+        (s²·A_K H_KK A_Kᵀ + λI) δ_iᵀ = s·A_K H_{K,S} R_{i,S}ᵀ
+    Batched over chunks of rows: masking A by row i's mask gives A_K H_KK A_Kᵀ = (A⊙M_i) H (A⊙M_i)ᵀ and
+    A_K H_{K,S} R_Sᵀ = (A⊙M_i) H R_iᵀ (R is zero on K). Cost O(m·r·n²). The caller folds
+    W ← (U + s·ΔB·A) ⊙ M."""
+    m, n = U.shape
+    r = A.shape[0]
+    R = U * ~M
+    dB = torch.zeros(m, r, dtype=torch.float64, device=U.device)
+    chunk = chunk or max(1, (1 << 23) // (r * n))  # rows per chunk: ~32 MB per (c, r, n) float32 tensor
+    for i0 in range(0, m, chunk):
+        i1 = min(i0 + chunk, m)
+        AM = A[None] * M[i0:i1, None, :]  # (c, r, n): A with row i's pruned columns zeroed
+        AMH = AM @ H  # (c, r, n)
+        G = (s * s) * (AMH @ AM.transpose(1, 2))  # (c, r, r)
+        rhs = s * (AMH @ R[i0:i1, :, None])  # (c, r, 1)
+        dB[i0:i1] = torch.linalg.solve(_ridge(G.double(), lam, lam_relative), rhs.double()).squeeze(-1)
+    return dB.to(U.dtype)
+
+
+def pbs_diag(U, A, M, g, s, lam=1e-8, lam_relative=True):
+    """PBS as in the authors' public code (PAPER.md §5.2), κ = 1: per row i,
+        min_δ Σ_c g_c (ũ_ic + s·δ·a_c)² + λ‖δ‖²,   Ũ = U ⊙ (1−M),  g_c = RMS activation of column c,
+    whose rows share one Gram: ΔB = −s·(Ũ D Aᵀ)(s²·A D Aᵀ + λI)⁻¹, D = diag(g). Their code forms U
+    without α/r and merges with it (s = 1 in their formula); we carry s consistently, so the fold
+    W ← (U + s·ΔB·A) ⊙ M applies exactly the minimiser of this objective."""
+    Ut = U * ~M
+    AD = A * g[None, :]  # (r, n) = A D
+    G = (s * s) * (AD @ A.T)  # (r, r)
+    rhs = -s * (Ut @ AD.T)  # (m, r)
+    dB = torch.linalg.solve(_ridge(G.double(), lam, lam_relative), rhs.double().T).T  # G is symmetric
+    return dB.to(U.dtype)
+
+
+def pca_A(H, r):
+    """PAPER.md §5.3 extension (a_init="pca"): A's rows = the top-r eigenvectors of H = XᵀX (the
+    calibration activations' principal directions), scaled to 1/√3 = the expected row norm of LoRA's
+    kaiming-uniform init, so training dynamics start at the same scale."""
+    _, vecs = torch.linalg.eigh(H.double())  # ascending eigenvalues
+    return (vecs[:, -r:].flip(-1).T / math.sqrt(3)).to(H.dtype)  # (r, n), largest first
+
+
+# -----------------------------------------------------------------------------
+# PAPER.md §3 — the prune event
+
+@torch.no_grad()
+def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", ema=0.5, state=None, lam=1e-8,
+                final=False, pbs_final=False, batch_size=8, a_init=None, progress=True, lam_relative=True):
+    """One prune event (PAPER.md §3) on a model with adapters (add_lora), block by block:
+        capture X of the block's inputs → ForeSight scores s_k (on effective weights) → EMA
+        score_k = η·s_k + (1−η)·score_{k−1} (first event: s_1) → mask at sparsity p → PBS ΔB (A fixed)
+        → fold W ← (U + s·ΔB·A) ⊙ M → reset the adapter (A random, or PCA of H with a_init="pca"; B = 0).
+    final=True is the end-of-training event: the same without PBS (pbs_final=True keeps it); the model
+    then holds exactly p-sparse folded weights (merge_lora takes the wrappers off).
+
+    calib_ids: LongTensor (N, T). group/nm: select_mask. pbs: 'output' (§5.1), 'diag' (§5.2) or None.
+    state: the EMA state returned by the previous event ({'scores': {layer_name: float32 CPU tensor},
+    'events': k}; torch.save-able for resume). lam, lam_relative: the PBS ridge (see the note above
+    _ridge). Returns (state, timings), timings in seconds for
+    capture / scoring / pbs / fold / total.
+
+    U = (W + s·B·A) ⊙ M_old, the weight the network computes now. A weight pruned earlier has U = 0,
+    so its s_k is 0; the EMA can still keep it (revive it) at value 0, from where masked LoRA can grow
+    it. The mask is exactly p-sparse; between events the weights can hold a few more zeros than that
+    where a revived weight has not moved yet, so the final event ranks exact zeros last: the merged
+    model is then exactly p-sparse."""
+    assert pbs in (None, "output", "diag"), "pbs must be 'output', 'diag' or None"
+    assert a_init in (None, "pca"), "a_init must be None or 'pca'"
+    use_pbs = pbs if (not final or pbs_final) else None
+    state = {"scores": {}, "events": 0} if state is None else state
+    timings = {"capture": 0.0, "scoring": 0.0, "pbs": 0.0, "fold": 0.0}
+    cfg, layers = model.config, model.model.layers
+    device = model.lm_head.weight.device
+    t_start = _now(device)
+    was_training = model.training
+    model.eval()  # no adapter dropout while capturing
+    try:
+        for b, block, stats in sequential_blocks(model, calib_ids, batch_size, gram=use_pbs == "output" or a_init == "pca",
+                                                 progress=progress, desc=f"prune event {state['events'] + 1}",
+                                                 timings=timings):
+            # ForeSight scores, EMA, masks: all seven from the block's weights before any of them changes
+            t = _now(device)
+            nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
+            e = consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+            plan = {}
+            for proj in PROJECTIONS:
+                lin, name = get_sub(block, proj), layer_name(b, proj)
+                assert isinstance(lin, LoRALinear), f"{name} has no adapter: call add_lora first"
+                U = lin.effective_weight()
+                s_k = foresight_scores(U, stats[proj].energy, e[proj])
+                prev = state["scores"].get(name)
+                score = s_k if prev is None else ema * s_k + (1 - ema) * prev.to(s_k.device)
+                state["scores"][name] = score.cpu()
+                if final:  # a weight revived by the EMA but still exactly 0 would leave the saved model
+                    score = score * (U != 0)  # more than p sparse: the final mask keeps only live weights
+                plan[proj] = (U, select_mask(score, sparsity, group, nm))
+            timings["scoring"] += _now(device) - t
+
+            pca_cache = {}  # q/k/v (and gate/up) share one H: one eigendecomposition
+            for proj in PROJECTIONS:
+                lin = get_sub(block, proj)
+                U, keep = plan[proj]
+                t = _now(device)
+                A = _f32(lin.lora_A)
+                if a_init == "pca":  # PAPER.md §5.3: A from the principal directions of this layer's inputs
+                    key = id(stats[proj])
+                    if key not in pca_cache:
+                        pca_cache[key] = pca_A(stats[proj].gram, lin.rank)
+                    A = pca_cache[key]
+                if use_pbs == "output":
+                    dB = pbs_output(U, A, keep, stats[proj].gram, lin.scale, lam, lam_relative)
+                elif use_pbs == "diag":
+                    dB = pbs_diag(U, A, keep, stats[proj].rms, lin.scale, lam, lam_relative)
+                timings["pbs"] += _now(device) - t
+                t = _now(device)
+                W_new = (U + lin.scale * (dB @ A)) * keep if use_pbs else U * keep  # the fold, B = ΔB
+                lin.weight.copy_(W_new.to(lin.weight.dtype))
+                lin.mask.copy_(keep)
+                lin.reset_adapter(A.to(lin.lora_A.dtype) if a_init == "pca" else None)
+                timings["fold"] += _now(device) - t
+            del plan
+    finally:
+        model.train(was_training)
+    state["events"] += 1
+    timings["total"] = _now(device) - t_start
+    return state, timings
+
+
+# -----------------------------------------------------------------------------
+# PAPER.md §6 — one-shot baselines on given weights
+
+def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01):
+    """SparseGPT (Frantar & Alistarh 2023, Alg. 1), written from the paper: prune W (m×n) column by
+    column with Optimal Brain Surgeon updates of the not-yet-processed columns, H = XᵀX (the Hessian
+    of ‖(W − Ŵ)Xᵀ‖² up to 2). Damping: percdamp·mean(diag H). The mask is chosen per block of
+    `blocksize` columns by w²/[H⁻¹]_cc², exactly floor(p·m·width) weights per block (top-k, not a
+    threshold); with nm=(N, M), N of every M consecutive inputs of a row, chosen as the run is reached.
+    Returns (Ŵ, keep mask). Works in W's dtype (float32 or float64)."""
+    W = W.clone()
+    H = H.to(W.dtype).clone()
+    m, n = W.shape
+    dead = H.diagonal() == 0  # inputs that never fire: their weights are free to prune
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H.diagonal().add_(percdamp * H.diagonal().mean())
+    # upper Cholesky factor of H⁻¹: row i holds the OBS update for column i given columns < i are done
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    keep = torch.ones(m, n, dtype=torch.bool, device=W.device)
+    for i1 in range(0, n, blocksize):
+        i2 = min(i1 + blocksize, n)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        prune1 = torch.zeros_like(W1, dtype=torch.bool)
+        if nm is None:
+            err = W1.pow(2) / Hinv1.diagonal()[None, :].pow(2)  # OBS saliency w²/[H⁻¹]_cc²
+            idx = err.reshape(-1).topk(n_pruned(err.numel(), sparsity), largest=False).indices
+            prune1.view(-1)[idx] = True
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                N, M = nm
+                err = W1[:, i:i + M].pow(2) / Hinv1.diagonal()[i:i + M][None, :].pow(2)
+                prune1.scatter_(1, i + err.topk(N, dim=1, largest=False).indices, True)
+            w, d = W1[:, i], Hinv1[i, i]
+            q = torch.where(prune1[:, i], torch.zeros_like(w), w)
+            e1 = (w - q) / d
+            W1[:, i:] -= e1[:, None] * Hinv1[i, i:][None, :]  # compensate in the block's later columns
+            W1[:, i] = q
+            Err1[:, i] = e1
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the columns after the block
+        keep[:, i1:i2] = ~prune1
+    return W * keep, keep
+
+
+@torch.no_grad()
+def prune_oneshot(model, calib_ids, method, sparsity, nm=None, batch_size=8, progress=False):
+    """One-shot pruning of a plain model (nn.Linear projections; merge_lora first for LoRA→X), in
+    place, sequential over blocks like the original papers (PAPER.md §6): magnitude |W|, Wanda
+    |W|·‖X_c‖ (both per output row, or N:M), SparseGPT (sparsegpt_prune on H = XᵀX). Returns
+    ({layer_name: keep mask, bool, CPU}, timings). For Wanda→LoRA pass the masks to add_lora(masks=)."""
+    assert method in ("magnitude", "wanda", "sparsegpt"), "method: magnitude, wanda or sparsegpt"
+    device = model.lm_head.weight.device
+    masks, timings = {}, {"capture": 0.0, "prune": 0.0}
+    t_start = _now(device)
+    was_training = model.training
+    model.eval()
+
+    def prune_block(b, block, stats):
+        t = _now(device)
+        for proj in PROJECTIONS:
+            lin = get_sub(block, proj)
+            assert type(lin) is nn.Linear, f"{layer_name(b, proj)} is not a plain nn.Linear (merge_lora first)"
+            W = _f32(lin.weight)
+            if method == "sparsegpt":
+                W_new, keep = sparsegpt_prune(W, stats[proj].gram, sparsity, nm)
+            else:
+                score = W.abs() if method == "magnitude" else W.abs() * stats[proj].energy.sqrt()[None, :]
+                keep = select_mask(score, sparsity, "out", nm)
+                W_new = W * keep
+            lin.weight.copy_(W_new.to(lin.weight.dtype))
+            masks[layer_name(b, proj)] = keep.cpu()
+        timings["prune"] += _now(device) - t
+
+    try:
+        if method == "magnitude":  # needs no data
+            for b, block in enumerate(tqdm(model.model.layers, desc="magnitude", disable=not progress)):
+                prune_block(b, block, None)
+        else:
+            for b, block, stats in sequential_blocks(model, calib_ids, batch_size, gram=method == "sparsegpt",
+                                                     progress=progress, desc=method, timings=timings):
+                prune_block(b, block, stats)
+    finally:
+        model.train(was_training)
+    timings["total"] = _now(device) - t_start
+    return masks, timings
+
+
+# -----------------------------------------------------------------------------
+# Sparsity, measured from the weights
+
+@torch.no_grad()
+def sparsity_report(model):
+    """Fraction of exact zeros of every adapted projection, from the weights themselves (for a
+    LoRALinear: the folded weight (W + s·B·A) ⊙ M, i.e. what merge_lora would write), and overall.
+    Returns {'layers': {layer_name: fraction}, 'zeros': int, 'total': int, 'overall': fraction}."""
+    rep = {"layers": {}, "zeros": 0, "total": 0}
+    for b, block in enumerate(model.model.layers):
+        for proj in PROJECTIONS:
+            W = effective_weight(get_sub(block, proj))
+            z = int((W == 0).sum())
+            rep["layers"][layer_name(b, proj)] = z / W.numel()
+            rep["zeros"] += z
+            rep["total"] += W.numel()
+    rep["overall"] = rep["zeros"] / max(rep["total"], 1)
+    return rep
+
+
+def format_sparsity(rep):
+    """A short table: one row per block, one column per projection, percent zeros; then overall."""
+    short = [p.split(".")[-1].replace("_proj", "") for p in PROJECTIONS]
+    blocks = sorted({int(k.split(".")[2]) for k in rep["layers"]})
+    lines = ["block " + " ".join(f"{s:>6}" for s in short)]
+    for b in blocks:
+        lines.append(f"{b:>5} " + " ".join(f"{100 * rep['layers'][layer_name(b, p)]:6.2f}" for p in PROJECTIONS))
+    lines.append(f"overall {100 * rep['overall']:.4f}% zeros ({rep['zeros']:,} of {rep['total']:,} weights)")
+    return "\n".join(lines)
