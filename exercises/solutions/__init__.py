@@ -1,0 +1,1 @@
+"""Reference solutions of the exercises (same signatures as the student files). Peek only after trying."""

@@ -1,0 +1,21 @@
+"""Reference solution of exercise 1 (see exercises/ex1_foresight.py for the task)."""
+import torch
+
+
+def foresight_bruteforce(X, U, U2):
+    """D[j, c] = ‖Z − Z^(j,c)‖²_F with Z = X Uᵀ U2ᵀ and Z^(j,c) the same with U[j, c] set to 0."""
+    Z = X @ U.T @ U2.T
+    D = torch.zeros_like(U)
+    for j in range(U.shape[0]):
+        for c in range(U.shape[1]):
+            V = U.clone()
+            V[j, c] = 0
+            D[j, c] = (Z - X @ V.T @ U2.T).pow(2).sum()
+    return D
+
+
+def foresight_closed_form(X, U, U2):
+    """Paper Eq. 2 (PAPER.md §4): U[j,c]² · ‖X_c‖² · e_j with e_j = Σ_k U2[k, j]²."""
+    col_energy = X.pow(2).sum(0)  # (n,)  ‖X_c‖²
+    e = U2.pow(2).sum(0)  # (m,)  energy of column j of the consumer
+    return U.pow(2) * col_energy[None, :] * e[:, None]

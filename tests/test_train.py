@@ -1,0 +1,212 @@
+"""End to end: the real `train.py` / `eval.py` commands, as subprocesses, on a tiny real model.
+
+Every --method runs in seconds; the output folder reloads with our loader and with transformers
+(identical logits), is exactly p-sparse, and eval.py reads it. A run killed by a real SIGKILL resumes
+to the same result as an uninterrupted one. Every bad input is one line, exit code 2, nothing on disk.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+TINY = ["--domain", "legal", "--max-docs", "60", "--steps", "6", "--batch-size", "2", "--seq-len", "64",
+        "--calib-samples", "4", "--eval-windows", "3", "--pubmedqa-n", "3", "--events", "0.5,1.0",
+        "--sparsity", "0.5", "--rank", "4", "--ckpt-every", "2"]
+
+
+def run(args, cache, timeout=300):
+    env = dict(os.environ, XPERT_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def adapted(sd):
+    from model import PROJECTIONS
+    return {k: v for k, v in sd.items() if ".layers." in k and any(k.endswith(p + ".weight") for p in PROJECTIONS)}
+
+
+@pytest.mark.parametrize("method", ["xpert", "foresight", "lora", "lora-magnitude", "lora-wanda",
+                                    "lora-sparsegpt", "wanda-lora"])
+def test_every_method_end_to_end(method, tiny_model_dir, cache, tmp_path):
+    out = tmp_path / method
+    r = run(["train.py", "--model", tiny_model_dir, "--method", method, "--out", str(out), *TINY], cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not os.path.exists(str(out) + ".partial"), "the work folder must be renamed into place"
+    runj = json.load(open(out / "run.json"))
+    assert runj["config"]["method"] == method
+    assert "domain_test_ppl" in runj["metrics"] and runj["metrics"]["domain_test_ppl"]["windows"] == 3
+    assert os.path.exists(out / "train.log") and os.path.exists(out / "config.json")
+    assert not os.path.exists(out / "ckpt.pt")
+
+    from model import LLaMA, load_state_dict
+    sd = adapted(load_state_dict(str(out)))
+    for k, w in sd.items():
+        zeros = int((w == 0).sum())
+        if method == "lora":
+            assert zeros == 0, k  # the dense reference stays dense
+        else:
+            assert zeros == w.numel() // 2, f"{k}: {zeros} zeros of {w.numel()}, expected exactly 50%"
+    sparsity = runj["sparsity"]["overall"]
+    assert sparsity == pytest.approx(0.0 if method == "lora" else 0.5, abs=1e-9)
+
+    # the saved folder is a standard HF folder: transformers and our loader give the same logits
+    from transformers import AutoModelForCausalLM
+    ours = LLaMA.from_pretrained(str(out))
+    theirs = AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    x = torch.randint(0, ours.config.vocab_size, (2, 17))
+    with torch.no_grad():
+        a, b = ours(x), theirs(x).logits
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
+    hf = dict(theirs.named_parameters())
+    assert all(torch.equal(hf[k] == 0, w == 0) for k, w in sd.items()), "transformers sees the same zeros"
+
+    # eval.py reads it back: same domain test perplexity as train.py measured, plus the saved sparsity
+    r = run(["eval.py", str(out), "--seq-len", "64", "--windows", "3", "--pubmedqa-n", "3",
+             "--out", str(tmp_path / "m.json")], cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = json.load(open(tmp_path / "m.json"))[str(out)]
+    assert ev["metrics"]["domain_test_ppl"]["value"] == pytest.approx(runj["metrics"]["domain_test_ppl"]["value"], rel=1e-4)
+    assert ev["sparsity"] == pytest.approx(sparsity, abs=1e-9)
+
+
+def test_compare_table(tiny_model_dir, cache, tmp_path):
+    runs = []
+    for method in ("lora", "xpert"):
+        out = tmp_path / method
+        r = run(["train.py", "--model", tiny_model_dir, "--method", method, "--out", str(out), *TINY], cache)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(str(out))
+    r = run(["eval.py", "--compare", *runs], cache)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("| ")]
+    assert len(lines) == 3  # header + two runs
+    lora_row = next(l for l in lines if "| lora |" in l)
+    assert "(100.0%)" in lora_row  # the reference is 100% of itself
+    j = [json.load(open(os.path.join(p, "run.json"))) for p in runs]
+    rel = j[0]["metrics"]["domain_test_ppl"]["value"] / j[1]["metrics"]["domain_test_ppl"]["value"]
+    assert f"({100 * rel:.1f}%)" in next(l for l in lines if "| xpert |" in l)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_model_dir, cache, tmp_path):
+    args = ["train.py", "--model", tiny_model_dir, "--method", "xpert", *TINY, "--steps", "40",
+            "--ckpt-every", "1", "--events", "0.3,0.6,1.0"]
+    full = tmp_path / "full"
+    r = run([*args, "--out", str(full)], cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, XPERT_CACHE=str(cache))
+    p = subprocess.Popen([sys.executable, *args, "--out", str(killed)], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = str(killed) + ".partial/ckpt.pt"
+    deadline = time.time() + 240
+    step = 0
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(ckpt):
+            try:
+                step = torch.load(ckpt, weights_only=False)["step"]
+            except Exception:
+                step = 0  # caught between write and rename of an older file: try again
+            if step >= 16:  # past the first prune event (step 12), before the second (step 24)
+                break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run finished before it could be killed; make it longer"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not os.path.exists(killed), "a killed run must not leave a finished-looking output folder"
+    assert 16 <= step < 40
+
+    r = run([*args, "--out", str(killed), "--resume"], cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    a = json.load(open(full / "run.json"))
+    b = json.load(open(killed / "run.json"))
+    assert a["losses"] == b["losses"]
+    assert a["metrics"]["domain_test_ppl"]["value"] == pytest.approx(b["metrics"]["domain_test_ppl"]["value"], rel=1e-6)
+    from model import load_state_dict
+    wa, wb = adapted(load_state_dict(str(full))), adapted(load_state_dict(str(killed)))
+    for k in wa:
+        assert torch.equal(wa[k] == 0, wb[k] == 0), f"{k}: masks differ after resume"
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+BAD = [
+    (["--domain", "finance"], "unknown domain"),
+    (["--data", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+    (["--sparsity", "1.0"], "--sparsity"),
+    (["--sparsity", "-0.1"], "--sparsity"),
+    (["--nm", "4:2"], "--nm"),
+    (["--nm", "two:four"], "--nm"),
+    (["--seq-len", "100000"], "split"),
+    (["--calib-samples", "100000"], "calib"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_one_line_exit_2_nothing_on_disk(extra, needle, tiny_model_dir, cache, tmp_path):
+    out = tmp_path / "run"
+    args = ["train.py", "--model", tiny_model_dir, *TINY, "--out", str(out)]
+    if "--domain" in extra or "--data" in extra:  # replace the default --domain legal
+        i = args.index("--domain")
+        del args[i:i + 2]
+    r = run([*args, *extra], cache)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), r.stderr
+    assert needle in err[0]
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, cache, tmp_path):
+    out = tmp_path / "nan"
+    r = run(["train.py", "--model", tiny_model_dir, *TINY, "--method", "lora", "--lr", "1e30", "--warmup", "0",
+             "--ckpt-every", "1", "--out", str(out)], cache)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [l for l in r.stderr.splitlines() if l.startswith("error:")]  # the rest is the progress bar
+    assert len(err) == 1 and "loss became" in err[0] and "checkpoint" in err[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(out)
+    ck = torch.load(str(out) + ".partial/ckpt.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values()), "the kept checkpoint is the last good one"
+
+
+def test_bad_model_folders(cache, tmp_path):
+    non_llama = tmp_path / "gpt2"
+    non_llama.mkdir()
+    (non_llama / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    for folder, needle in ((tmp_path / "missing", "not found"), (non_llama, "gpt2")):
+        out = tmp_path / "o"
+        r = run(["train.py", "--model", str(folder), "--domain", "legal", "--out", str(out)], cache)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
+
+
+def test_existing_output_needs_overwrite(tiny_model_dir, cache, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = run(["train.py", "--model", tiny_model_dir, *TINY, "--out", str(out)], cache)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_help_lists_every_option_with_default():
+    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0
+    for opt in ("--domain", "--data", "--model", "--method", "--sparsity", "--nm", "--group", "--pbs", "--rank",
+                "--alpha", "--dropout", "--lr", "--steps", "--batch-size", "--seq-len", "--events", "--ema",
+                "--calib", "--calib-samples", "--device", "--dtype", "--seed", "--out", "--resume", "--overwrite"):
+        assert opt in r.stdout, opt
+    assert "(default: 0.4)" in r.stdout and "(default: xpert)" in r.stdout
