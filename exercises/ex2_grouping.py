@@ -11,7 +11,7 @@ Implement:
         'out'   : every output row (size n),
         'in'    : every input column (size m),
         'layer' : the whole matrix (size m·n).
-      Use floor(p·size + 1e-6) (0.3·10 is 2.9999999999999996 in floating point). Write it yourself
+      Use floor(p·size + 1e-6) (0.7·90 is 62.99999999999999 in floating point). Write it yourself
       (argsort / topk); do not call xpert.select_mask. An unknown group raises ValueError.
 
   groups_where_e_is_inert() -> set of group names in which multiplying the scores by ANY positive

@@ -1,0 +1,208 @@
+"""The exercise grader (exercises/check.py) is itself tested: for every exercise it must PASS the reference
+solution, FAIL the shipped stub (NotImplementedError is a FAIL, not a crash of the grader) and FAIL
+plausible wrong answers — so a check can never be vacuous. See EXERCISES.md."""
+import math
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from exercises import check as K  # noqa: E402
+from exercises.solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
+                                 ex5_iou as s5, ex6_nm as s6, ex7_pbs_diag as s7)
+
+SOLUTIONS = {1: s1, 2: s2, 3: s3, 4: s4, 5: s5, 6: s6, 7: s7}
+
+
+def like(solution, **overrides):
+    """A submission: the reference solution with some functions replaced by wrong ones."""
+    ns = {k: getattr(solution, k) for k in dir(solution) if not k.startswith("_")}
+    ns.update(overrides)
+    return types.SimpleNamespace(**ns)
+
+
+def _keep_lowest_k(scores, k, dim):
+    idx = scores.argsort(dim=dim).narrow(dim, 0, k)
+    return torch.ones(scores.shape, dtype=torch.bool).scatter_(dim, idx, False)
+
+
+# ----------------------------------------------------------------------------- plausible wrong answers
+
+def wrong_1_wanda_like(X, U, U2):  # |U|·‖X_c‖·e: Wanda's powers instead of the squared output change
+    return U.abs() * X.pow(2).sum(0).sqrt()[None, :] * U2.pow(2).sum(0)[:, None]
+
+
+def wrong_1_norm_not_squared(X, U, U2):  # U²·‖X_c‖·e
+    return U.pow(2) * X.pow(2).sum(0).sqrt()[None, :] * U2.pow(2).sum(0)[:, None]
+
+
+def wrong_1_consumer_rows(X, U, U2):  # e from the rows of U2 (wrong axis)
+    return U.pow(2) * X.pow(2).sum(0)[None, :] * U2.pow(2).sum(1)[:, None]
+
+
+def wrong_1_bruteforce_not_squared(X, U, U2):  # ‖ΔZ‖_F instead of ‖ΔZ‖²_F
+    return s1.foresight_bruteforce(X, U, U2).sqrt()
+
+
+def wrong_2_in_axis(scores, sparsity, group):  # 'in' pruned along rows
+    return s2.group_mask(scores, sparsity, "out" if group == "in" else group)
+
+
+def wrong_2_highest(scores, sparsity, group):  # prunes the highest scores
+    return s2.group_mask(-scores, sparsity, group)
+
+
+def wrong_2_floor_off_by_one(scores, sparsity, group):  # floor(p·size) without the guard: 0.7·90 -> 62
+    m, n = scores.shape
+    if group == "out":
+        return _keep_lowest_k(scores, int(math.floor(sparsity * n)), 1)
+    return s2.group_mask(scores, sparsity, group)
+
+
+def wrong_3_energy(W, X, sparsity):  # |W|·‖X_c‖² (the squared norm)
+    return _keep_lowest_k(W.abs() * X.pow(2).sum(0)[None, :], int(math.floor(sparsity * W.shape[1] + 1e-6)), 1)
+
+
+def wrong_3_per_column(W, X, sparsity):  # right score, pruned per input column
+    return _keep_lowest_k(W.abs() * X.pow(2).sum(0).sqrt()[None, :], int(math.floor(sparsity * W.shape[0] + 1e-6)), 0)
+
+
+def wrong_3_magnitude(W, X, sparsity):  # forgets the activations: plain |W| per row
+    return _keep_lowest_k(W.abs(), int(math.floor(sparsity * W.shape[1] + 1e-6)), 1)
+
+
+def wrong_4_scale(U, A, M, H, s, lam):  # s instead of s² on the left-hand side
+    R, r = U * ~M, A.shape[0]
+    dB = torch.zeros(U.shape[0], r, dtype=U.dtype)
+    for i in range(U.shape[0]):
+        K, S = M[i], ~M[i]
+        G = s * A[:, K] @ H[K][:, K] @ A[:, K].T + lam * torch.eye(r, dtype=U.dtype)
+        dB[i] = torch.linalg.solve(G, s * A[:, K] @ H[K][:, S] @ R[i, S])
+    return dB
+
+
+def wrong_4_unmasked_A(U, A, M, H, s, lam):  # A H Aᵀ over all columns instead of the kept ones
+    R = U * ~M
+    G = s * s * A @ H @ A.T + lam * torch.eye(A.shape[0], dtype=U.dtype)
+    rhs = s * (R @ H @ A.T)  # (m, r)
+    return torch.linalg.solve(G, rhs.T).T
+
+
+def wrong_4_sign(U, A, M, H, s, lam):
+    return -s4.pbs_solve(U, A, M, H, s, lam)
+
+
+def wrong_5_kept_iou(a, b):  # IoU of the kept positions
+    return s5.pruned_iou(~a, ~b)
+
+
+def wrong_5_empty_zero(a, b):  # eval.py's inter / max(1, union): 0 when nothing is pruned
+    pa, pb = ~a, ~b
+    return (pa & pb).sum().item() / max(1, (pa | pb).sum().item())
+
+
+def wrong_5_chance_square(p):  # P(pruned in both) instead of the IoU
+    return p * p
+
+
+def wrong_6_highest(scores, N, M):
+    return s6.nm_mask(-scores, N, M)
+
+
+def wrong_6_strided(scores, N, M):  # groups {c, c + n/M, c + 2n/M, ...} instead of consecutive runs
+    m, n = scores.shape
+    if n % M:
+        raise ValueError("n % M")
+    g = scores.reshape(m, M, n // M)
+    idx = g.argsort(dim=1)[:, :N, :]
+    return torch.ones(g.shape, dtype=torch.bool).scatter_(1, idx, False).reshape(m, n)
+
+
+def wrong_6_keep_n(scores, N, M):  # keeps N (prunes M − N): the same as the truth for 2:4 only
+    return s6.nm_mask(scores, M - N, M)
+
+
+def wrong_7_no_g(U, A, M, g, s, lam):  # forgets the activation weighting D = diag(g)
+    return s7.pbs_diag_solve(U, A, M, torch.ones_like(g), s, lam)
+
+
+def wrong_7_sign(U, A, M, g, s, lam):
+    return -s7.pbs_diag_solve(U, A, M, g, s, lam)
+
+
+def wrong_7_kept_columns(U, A, M, g, s, lam):  # moves the kept weights instead of the pruned ones (Ũ = U ⊙ M)
+    return s7.pbs_diag_solve(U, A, ~M, g, s, lam)
+
+
+WRONG = {
+    1: [like(s1, foresight_closed_form=wrong_1_wanda_like), like(s1, foresight_closed_form=wrong_1_norm_not_squared),
+        like(s1, foresight_closed_form=wrong_1_consumer_rows), like(s1, foresight_bruteforce=wrong_1_bruteforce_not_squared)],
+    2: [like(s2, group_mask=wrong_2_in_axis), like(s2, group_mask=wrong_2_highest),
+        like(s2, group_mask=wrong_2_floor_off_by_one), like(s2, groups_where_e_is_inert=lambda: {"out", "in"}),
+        like(s2, groups_where_e_is_inert=lambda: set())],
+    3: [like(s3, wanda_mask=wrong_3_energy), like(s3, wanda_mask=wrong_3_per_column),
+        like(s3, wanda_mask=wrong_3_magnitude)],
+    4: [like(s4, pbs_solve=wrong_4_scale), like(s4, pbs_solve=wrong_4_unmasked_A), like(s4, pbs_solve=wrong_4_sign)],
+    5: [like(s5, pruned_iou=wrong_5_kept_iou), like(s5, pruned_iou=wrong_5_empty_zero),
+        like(s5, chance_iou=wrong_5_chance_square)],
+    6: [like(s6, nm_mask=wrong_6_highest), like(s6, nm_mask=wrong_6_strided), like(s6, nm_mask=wrong_6_keep_n)],
+    7: [like(s7, pbs_diag_solve=wrong_7_no_g), like(s7, pbs_diag_solve=wrong_7_sign),
+        like(s7, pbs_diag_solve=wrong_7_kept_columns)],
+}
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_every_exercise_has_a_student_file_a_solution_and_a_section():
+    text = open(os.path.join(ROOT, "EXERCISES.md"), encoding="utf-8").read()
+    for n, name in K.EXERCISES.items():
+        assert os.path.exists(os.path.join(ROOT, "exercises", name + ".py"))
+        assert os.path.exists(os.path.join(ROOT, "exercises", "solutions", name + ".py"))
+        assert f"exercises/{name}.py" in text and f"python -m exercises.check {n}" in text
+    assert len(K.EXERCISES) >= 6
+
+
+@pytest.mark.parametrize("n", sorted(K.EXERCISES))
+def test_reference_solution_passes(n, capsys):
+    assert K.check(n, SOLUTIONS[n]), capsys.readouterr().out
+    assert "PASS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n", sorted(K.EXERCISES))
+def test_shipped_stub_fails_without_crashing(n, capsys):
+    path = os.path.join(ROOT, "exercises", K.EXERCISES[n] + ".py")
+    if "raise NotImplementedError" not in open(path, encoding="utf-8").read():
+        pytest.skip(f"{path} has been edited (solved?): the stub test only applies to the shipped file")
+    assert K.check(n) is False  # the student file, as shipped
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "not implemented" in out
+
+
+@pytest.mark.parametrize("n,i", [(n, i) for n in sorted(WRONG) for i in range(len(WRONG[n]))])
+def test_plausible_wrong_answer_fails(n, i, capsys):
+    assert K.check(n, WRONG[n][i]) is False
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "PASS" not in out.splitlines()[-1]
+
+
+def test_grader_reports_a_crashing_submission_as_fail(capsys):
+    def boom(*a):
+        raise IndexError("index 99 is out of bounds")
+    assert K.check(6, like(s6, nm_mask=boom)) is False
+    assert "your code raised IndexError" in capsys.readouterr().out
+
+
+def test_cli_exit_codes():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    ok = subprocess.run([sys.executable, "-m", "exercises.check", "5", "--solution"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "exercise 5: PASS" in ok.stdout, ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, os.path.join("exercises", "check.py"), "9"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "usage" in bad.stderr
