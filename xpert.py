@@ -321,16 +321,32 @@ def consumer_energy(block, nxt, n_head, n_kv, head_dim):
 
 
 def n_pruned(size, p):
-    """How many of `size` weights a group loses at sparsity p: floor(p·size), as Wanda does
-    (the 1e-6 guards against 0.3·10 = 2.9999999999999996). Every group of a matrix has the same size,
-    so each matrix loses exactly groups·floor(p·group size) weights."""
+    """How many of `size` weights are pruned at sparsity p: floor(p·size) (the 1e-6 guards against
+    float error: 0.7·90 = 62.99999999999999)."""
     return int(math.floor(p * size + 1e-6))
 
 
+def _prune_groups(scores, total):
+    """Keep-mask for scores (G, S) — G groups of S weights — pruning exactly `total` weights, spread
+    as evenly as possible: every group loses floor(total/G) of its lowest scores, and the remainder
+    goes one each to the groups whose next-lowest score is smallest. So a 576-wide row at p = 0.4
+    (230.4 weights) yields a matrix that is p-sparse to the weight, not 0.3993."""
+    G, S = scores.shape
+    k, extra = divmod(total, G)
+    low = scores.topk(min(k + 1, S), dim=1, largest=False)  # (G, k+1) lowest scores per group, ascending
+    keep = torch.ones(G, S, dtype=torch.bool, device=scores.device)
+    keep.scatter_(1, low.indices[:, :k], False)
+    if extra:
+        rows = low.values[:, k].topk(extra, largest=False).indices  # (extra,) groups that lose one more
+        keep[rows, low.indices[rows, k]] = False
+    return keep
+
+
 def select_mask(scores, sparsity, group="out", nm=None):
-    """Keep-mask (bool, True = keep) pruning the lowest scores (PAPER.md §4.3). group: 'out' (each
-    output row loses floor(p·n)), 'in' (each input column loses floor(p·m)), 'layer' (the matrix loses
-    floor(p·m·n)). nm=(N, M): in every run of M consecutive inputs of a row, the N lowest are pruned
+    """Keep-mask (bool, True = keep) pruning the lowest scores (PAPER.md §4.3). Every group gives the
+    matrix exactly floor(p·m·n) zeros: 'out' (per output row, Wanda's convention), 'in' (per input
+    column) — each group loses floor or ceil of p·size, see _prune_groups — or 'layer' (the whole
+    matrix). nm=(N, M): in every run of M consecutive inputs of a row, the N lowest are pruned
     (overrides sparsity and group). Counts are exact whatever the ties (top-k, not a threshold)."""
     m, n = scores.shape
     if nm is not None:
@@ -339,16 +355,13 @@ def select_mask(scores, sparsity, group="out", nm=None):
         s = scores.reshape(m, n // M, M)
         idx = s.topk(N, dim=-1, largest=False).indices
         return torch.ones_like(s, dtype=torch.bool).scatter_(-1, idx, False).reshape(m, n)
-    keep = torch.ones(m, n, dtype=torch.bool, device=scores.device)
+    total = n_pruned(m * n, sparsity)
     if group == "out":
-        idx = scores.topk(n_pruned(n, sparsity), dim=1, largest=False).indices
-        return keep.scatter_(1, idx, False)
+        return _prune_groups(scores, total)
     if group == "in":
-        idx = scores.topk(n_pruned(m, sparsity), dim=0, largest=False).indices
-        return keep.scatter_(0, idx, False)
+        return _prune_groups(scores.t(), total).t()
     if group == "layer":
-        idx = scores.reshape(-1).topk(n_pruned(m * n, sparsity), largest=False).indices
-        return keep.reshape(-1).scatter_(0, idx, False).reshape(m, n)
+        return _prune_groups(scores.reshape(1, -1), total).reshape(m, n)
     raise ValueError(f"group must be 'out', 'in' or 'layer', not {group!r}")
 
 

@@ -1,0 +1,147 @@
+"""
+The results grid (PAPER.md §6-7): every method of train.py at several sparsities, on both domains,
+with identical data, steps, rank and seeds; each cell is a real `train.py` run whose run.json is kept,
+so an interrupted grid resumes where it stopped (finished cells are skipped). Writes results.json and
+a markdown table of relative performance against the dense `lora` run of the same domain and seed.
+
+    python bench.py                               # the full grid (hours on a 2-core CPU; run it in parts)
+    python bench.py --domains legal --sparsities 0.5 --methods lora,lora-wanda,xpert --seeds 0
+    python bench.py --cost                        # xpert vs lora training time and peak memory, interleaved
+    python bench.py --table                       # only rebuild the table from finished cells
+
+Every option not named here is passed through to train.py (e.g. --steps 20 --seq-len 128).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import eval as evaluation
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GRID_METHODS = ["lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda-lora", "foresight",
+                "xpert:output", "xpert:diag"]
+
+
+def run_cell(out_root, domain, method, sparsity, seed, extra):
+    """One train.py run; skipped when its run.json already exists (that is what makes the grid resumable)."""
+    name = f"{domain}-lora-seed{seed}" if method == "lora" else \
+        f"{domain}-{method.replace(':', '-')}-s{sparsity:g}-seed{seed}"
+    out = os.path.join(out_root, name)
+    if os.path.exists(os.path.join(out, "run.json")):
+        return out, "done"
+    m, _, pbs = method.partition(":")
+    cmd = [sys.executable, os.path.join(HERE, "train.py"), "--domain", domain, "--method", m, "--seed", str(seed),
+           "--sparsity", str(sparsity), "--out", out, *extra]
+    if pbs:
+        cmd += ["--pbs", pbs]
+    if os.path.exists(out + ".partial"):
+        cmd.append("--resume")  # a cell killed mid-run continues from its checkpoint
+    t = time.time()
+    r = subprocess.run(cmd, cwd=HERE)
+    if r.returncode != 0:
+        raise SystemExit(f"error: cell {name} failed (exit {r.returncode}): {' '.join(cmd)}")
+    return out, f"ran in {time.time() - t:.0f}s"
+
+
+def table(out_root):
+    """results.json + a markdown table (relative to the dense lora run of the same domain and seed)."""
+    cells = {}
+    for name in sorted(os.listdir(out_root)):
+        f = os.path.join(out_root, name, "run.json")
+        if os.path.exists(f):
+            with open(f) as fh:
+                j = json.load(fh)
+            c = j["config"]
+            cells[name] = {"domain": c["domain"], "method": c["method"] + (f":{c['pbs']}" if c["method"] == "xpert" else ""),
+                           "sparsity": 0.0 if c["method"] == "lora" else c["sparsity"], "seed": c["seed"],
+                           "metrics": {k: v["value"] for k, v in j["metrics"].items()},
+                           "context": j["metrics"], "measured_sparsity": j["sparsity"]["overall"],
+                           "wall_time_s": j["wall_time_s"], "peak_memory_mb": j["peak_memory_mb"]}
+    rows = {}
+    for name, c in cells.items():
+        ref = next((r for r in cells.values() if r["domain"] == c["domain"] and r["seed"] == c["seed"]
+                    and r["method"] == "lora"), None)
+        rel = {m: evaluation.relative(m, v, ref["metrics"].get(m)) for m, v in c["metrics"].items()} if ref else {}
+        c["relative"] = rel
+        rows.setdefault((c["domain"], c["method"], c["sparsity"]), []).append(c)
+    lines = ["| domain | method | sparsity | seeds | " + " | ".join(
+        ["domain ppl", "general ppl (wikitext2)", "benchmark", "rel. (mean over metrics)"]) + " |", "|---" * 8 + "|"]
+    for (domain, method, sp), cs in sorted(rows.items()):
+        def fmt(metric):
+            vals = [c["metrics"][metric] for c in cs if metric in c["metrics"]]
+            if not vals:
+                return "–"
+            s = f"{statistics.mean(vals):.3f}" + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
+            rels = [c["relative"].get(metric) for c in cs if c["relative"].get(metric) is not None]
+            return s + (f" ({100 * statistics.mean(rels):.1f}%)" if rels else "")
+        bench = "pubmedqa_acc" if domain == "health" else "cuad_ppl"
+        means = [statistics.mean(v for v in c["relative"].values() if v is not None) for c in cs
+                 if any(v is not None for v in c["relative"].values())]
+        lines.append(f"| {domain} | {method} | {sp:g} | {len(cs)} | {fmt('domain_test_ppl')} | {fmt('wikitext2_ppl')} | "
+                     f"{bench}: {fmt(bench)} | " + (f"{100 * statistics.mean(means):.1f}%" if means else "–") + " |")
+    with open(os.path.join(out_root, "results.json"), "w") as f:
+        json.dump(cells, f, indent=2)
+    md = "\n".join(lines)
+    with open(os.path.join(out_root, "results.md"), "w") as f:
+        f.write(md + "\n")
+    return md
+
+
+def cost(out_root, domain, reps, extra):
+    """xpert vs lora at the same steps, interleaved (lora, xpert, lora, xpert, ...): medians and ratios of
+    training wall time and peak memory, plus the median time of each part of a prune event."""
+    res = {"lora": [], "xpert": []}
+    for i in range(reps):
+        for m in ("lora", "xpert"):
+            out = os.path.join(out_root, f"cost-{domain}-{m}-{i}")
+            subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--domain", domain, "--method", m,
+                            "--out", out, "--overwrite", "--eval-windows", "1", "--pubmedqa-n", "1", *extra],
+                           cwd=HERE, check=True)
+            with open(os.path.join(out, "run.json")) as f:
+                res[m].append(json.load(f))
+    med = {m: (statistics.median(r["train_time_s"] for r in rs), statistics.median(r["peak_memory_mb"] for r in rs))
+           for m, rs in res.items()}
+    parts = {}
+    for r in res["xpert"]:
+        for ev in r["timings"]:
+            for k, v in ev.items():
+                if k in ("capture", "scoring", "pbs", "fold", "total"):
+                    parts.setdefault(k, []).append(v)
+    lines = [f"cost, {domain}, {reps} interleaved repetitions, medians:",
+             f"  training time: lora {med['lora'][0]:.1f}s, xpert {med['xpert'][0]:.1f}s, ratio {med['xpert'][0] / med['lora'][0]:.3f}",
+             f"  peak memory:   lora {med['lora'][1]:.0f}MB, xpert {med['xpert'][1]:.0f}MB, ratio {med['xpert'][1] / med['lora'][1]:.3f}",
+             "  prune event parts (median per event): " + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in parts.items())]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.path.join(HERE, "bench_out"), help="where cells and results go")
+    p.add_argument("--domains", default="legal,health")
+    p.add_argument("--methods", default=",".join(GRID_METHODS), help="xpert:diag = xpert with --pbs diag")
+    p.add_argument("--sparsities", default="0.4,0.5")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--table", action="store_true", help="only rebuild results.json / results.md")
+    p.add_argument("--cost", action="store_true", help="measure xpert vs lora time and memory instead of the grid")
+    p.add_argument("--reps", type=int, default=3)
+    a, extra = p.parse_known_args()
+    os.makedirs(a.out, exist_ok=True)
+    if a.cost:
+        print(cost(a.out, a.domains.split(",")[0], a.reps, extra))
+        return
+    if not a.table:
+        for seed in (int(s) for s in a.seeds.split(",")):
+            for domain in a.domains.split(","):
+                for method in a.methods.split(","):
+                    for sp in ([0.0] if method == "lora" else [float(s) for s in a.sparsities.split(",")]):
+                        out, status = run_cell(a.out, domain, method, sp, seed, extra)
+                        print(f"[bench] {os.path.basename(out)}: {status}", flush=True)
+    print(table(a.out))
+
+
+if __name__ == "__main__":
+    main()
