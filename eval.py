@@ -265,7 +265,8 @@ def main(argv=None):
                 splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
                                       tokenizer_id=os.path.abspath(path),
                                       seed=run.get("seed", 0), max_docs=run.get("max_docs"))
-            m = evaluate(model, tok, domain, splits, a.data_dir or data.default_data_dir(), a.seq_len,
+            # a plain folder with no domain still gets the general-ability check (WikiText-2)
+            m = evaluate(model, tok, domain or ("general" if splits is None else None), splits, a.data_dir or data.default_data_dir(), a.seq_len,
                          a.windows or None, a.pubmedqa_n or None, a.batch_size)
             sp = folder_sparsity(path)
             print(f"  {'sparsity (saved)':<22} {sp['overall']:.4f}   (zeros / weights of the 7 projections of every block)")

@@ -38,7 +38,7 @@ METHODS = ("xpert", "lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "w
 DEFAULTS = dict(
     domain=None, data=None, data_dir=None, model=None, method="xpert",
     sparsity=0.4, nm=None, group="out", pbs="output", ema=0.5, pbs_lambda=1e-8, events="0.33,0.67,1.0",
-    rank=8, alpha=16.0, dropout=0.05, lr=5e-4, warmup=0.05, steps=30, batch_size=4, seq_len=256,
+    rank=8, alpha=16.0, dropout=0.05, lr=5e-4, warmup=0.05, steps=24, batch_size=4, seq_len=256,
     calib="domain", calib_samples=16, eval_windows=16, pubmedqa_n=100, max_docs=None,
     device="auto", dtype="auto", seed=0, out=None, resume=False, overwrite=False, ckpt_every=10,
 )
