@@ -165,6 +165,8 @@ class LoRALinear(nn.Module):
       is NOT the same model at the next fold (the folded model differs by x·((s·B·A)⊙(1−M))ᵀ). No exact
       low-rank equivalent exists: (B·A)⊙M is not low-rank, so its gradient s·(G⊙M)·Aᵀ needs the full
       m×n gradient G either way.
+    While nothing is pruned (M all ones: the dense phase, the lora baselines) both modes run plain
+      LoRA, x·Wᵀ + s·((x·Aᵀ)·Bᵀ): the same function as the exact form, at LoRA's cost.
     fold(): W ← (W + s·B·A) ⊙ M, then A re-initialised, B = 0 — idempotent, same in both modes."""
 
     def __init__(self, base: nn.Linear, rank=8, alpha=16, dropout=0.05, mask=None, forward_mode="exact"):
@@ -205,6 +207,13 @@ class LoRALinear(nn.Module):
         return (W + self.scale * (B @ A)) * self.mask
 
     def forward(self, x):
+        if not self.mask.all():  # (checked every call: prune events and resume rewrite the buffer in place)
+            return self._masked_forward(x)
+        # nothing pruned (the dense phase before the first event, the lora baselines): both modes are
+        # plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ — the same function as the exact form, at LoRA's cost
+        return F.linear(x, self.weight) + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+
+    def _masked_forward(self, x):
         Wm = self.weight * self.mask
         if self.forward_mode == "exact":
             dm = self.delta() * self.mask

@@ -63,7 +63,7 @@ def test_every_method_end_to_end(method, tiny_model_dir, cache, tmp_path):
     # the saved folder is a standard HF folder: transformers and our loader give the same logits
     from transformers import AutoModelForCausalLM
     ours = LLaMA.from_pretrained(str(out))
-    theirs = AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     x = torch.randint(0, ours.config.vocab_size, (2, 17))
     with torch.no_grad():
         a, b = ours(x), theirs(x).logits

@@ -516,3 +516,25 @@ def test_prune_event_on_stories260K():
             assert torch.equal(v, v2), k
     masks = [lin.mask for _, lin in xpert.lora_layers(model)]
     assert all((~mk).sum(1).eq(mk.shape[1] // 2).all() for mk in masks)  # the mask stays exactly p
+
+
+def test_unpruned_layer_takes_the_lora_path_with_the_exact_forms_values_and_gradients():
+    """With an all-ones mask LoRALinear runs plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ (LoRA's cost); it must be the
+    same function, with the same adapter gradients, as the exact masked form x·((W + s·B·A) ⊙ M)ᵀ."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 7, bias=False).double()
+    lin = xpert.LoRALinear(base, rank=3, alpha=6, dropout=0.0)
+    with torch.no_grad():
+        lin.lora_B.normal_()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    y = lin(x)
+    gA, gB = torch.autograd.grad(y.pow(2).sum(), (lin.lora_A, lin.lora_B))
+    A = lin.lora_A.detach().clone().requires_grad_(True)
+    B = lin.lora_B.detach().clone().requires_grad_(True)
+    ref = x @ ((base.weight.detach() + 2.0 * B @ A) * torch.ones(7, 12, dtype=torch.float64)).T
+    rA, rB = torch.autograd.grad(ref.pow(2).sum(), (A, B))
+    assert torch.allclose(y, ref, atol=1e-12)
+    assert torch.allclose(gA, rA, atol=1e-10) and torch.allclose(gB, rB, atol=1e-10)
+    with torch.no_grad():  # one pruned weight switches it to the masked path, which drops that weight
+        lin.mask[0, 0] = False
+    assert torch.allclose(lin(x), x @ lin.effective_weight().double().T, atol=1e-12)
