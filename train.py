@@ -105,7 +105,7 @@ def resolve(args):
         args.nm = (n, m)
         args.sparsity = n / m
     try:
-        args.events = sorted(float(f) for f in str(args.events).split(",")) if not isinstance(args.events, list) else args.events
+        args.events = sorted(float(f) for f in str(args.events).split(","))
     except ValueError:
         raise UsageError(f"--events must be comma-separated fractions, got {args.events!r}")
     if not args.events or any(not 0 < f <= 1 for f in args.events) or args.events[-1] != 1.0:
@@ -227,6 +227,10 @@ def train(args, log):
 
     if resumed:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        changed = sorted(k for k, v in ck["args"].items()
+                         if k not in ("resume", "overwrite", "ckpt_every") and vars(args).get(k) != v)
+        if changed:  # a resumed run must be the run that was interrupted, or its result means nothing
+            raise UsageError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
         model.load_state_dict(ck["model"], strict=False)
         state, step, events_done, timings, losses, base = (ck["state"], ck["step"], ck["events_done"], ck["timings"],
                                                            ck["losses"], ck["base"])
