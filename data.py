@@ -181,16 +181,20 @@ def _read_text(file, what="corpus"):
 
 
 def load_domain(domain=None, data_path=None):
-    """Documents for a named domain, or for a local corpus when data_path is given."""
+    """Documents for a named domain, or for a local corpus when data_path is given. Exact duplicates
+    are dropped (first one kept): the licence corpus holds 19 texts twice under different names, and a
+    text in both train and test would make the splits disjoint by document but not by content."""
     if data_path is not None:
-        return load_corpus(data_path)
-    if domain == "legal":
-        return legal_docs()
-    if domain == "health":
-        return health_docs()
-    if domain is None:
+        docs = load_corpus(data_path)
+    elif domain == "legal":
+        docs = legal_docs()
+    elif domain == "health":
+        docs = health_docs()
+    elif domain is None:
         raise DataError(f"no corpus: give a domain ({', '.join(DOMAINS)}) or a data path (.txt, .jsonl, folder)")
-    raise DataError(f"unknown domain {domain!r}: choose one of {', '.join(DOMAINS)}, or give a data path to your own corpus")
+    else:
+        raise DataError(f"unknown domain {domain!r}: choose one of {', '.join(DOMAINS)}, or give a data path to your own corpus")
+    return list(dict.fromkeys(docs))
 
 
 # -----------------------------------------------------------------------------
@@ -531,6 +535,18 @@ def wikitext2_text(data_dir):
     return "\n\n".join(rows)
 
 
+# --calib general calibrates on WikiText-2 as well, so its last tenth is set aside for calibration and the
+# general perplexity is measured on the rest: the two never share a token, whatever --eval-windows says.
+WIKITEXT2_CALIB_FRACTION = 0.1
+
+
+def wikitext2_parts(data_dir):
+    """(evaluation text, calibration text) of WikiText-2 test: the first 90% and the last 10%."""
+    text = wikitext2_text(data_dir)
+    cut = text.rfind("\n\n", 0, int(len(text) * (1 - WIKITEXT2_CALIB_FRACTION)))  # at a row boundary
+    return text[:cut], text[cut + 2:]
+
+
 def benchmarks(data_dir, domain, max_chars=BENCH_MAX_CHARS):
     """The evaluation sets for a domain that exist under data_dir -> (found, skipped).
     domain: "legal" (cuad), "health" (pubmedqa_abstracts, pubmedqa_items), "general" or anything
@@ -562,7 +578,7 @@ def benchmarks(data_dir, domain, max_chars=BENCH_MAX_CHARS):
         skipped.append(f"{'domain ' + repr(domain) if domain else 'custom corpus'}: no domain benchmark "
                        "(the corpus' own test split gives the domain perplexity)")
     if have(WIKITEXT2_FILE, "wikitext2 (general perplexity)"):
-        found["wikitext2"] = _cap(wikitext2_text(data_dir), max_chars)
+        found["wikitext2"] = _cap(wikitext2_parts(data_dir)[0], max_chars)  # never the calibration tenth
     return found, skipped
 
 

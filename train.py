@@ -30,7 +30,7 @@ import data
 import eval as evaluation  # eval.py: perplexity and task metrics
 import xpert
 from data import DataError
-from model import LLaMA, ModelError, Tokenizer
+from model import LLaMA, ModelError, Tokenizer, publish_dir
 
 METHODS = ("xpert", "lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda-lora", "foresight")
 
@@ -79,7 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--max-docs", type=int, help="use at most this many documents of the corpus")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the data order, splits, calibration windows and adapter init")
     p.add_argument("--out", help="output folder; default out/<domain>-<method>-s<sparsity>")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -113,8 +113,23 @@ def resolve(args):
     for name in ("steps", "batch_size", "seq_len", "rank", "calib_samples"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("eval_windows", "pubmedqa_n", "ckpt_every", "pbs_lambda"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 0")
+    checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"), ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
+              ("ema", 0 < args.ema <= 1, "in (0, 1]"), ("lr", args.lr > 0, "positive"), ("alpha", args.alpha > 0, "positive"),
+              ("max_docs", args.max_docs is None or args.max_docs >= 4, "at least 4 (one document per split)")]
+    for name, ok, what in checks:
+        if not ok or (isinstance(getattr(args, name), float) and math.isnan(getattr(args, name))):
+            raise UsageError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device: unknown device {args.device!r} (auto, cpu, cuda, cuda:1, ...)")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {args.device}: no such CUDA device here (use --device cpu)")
     if args.dtype == "auto":
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     if args.dtype not in ("float32", "bfloat16", "float16"):
@@ -149,6 +164,19 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def eta_minutes(args, fwd_tok_s, n_events, n_calib, n_test):
+    """A rough ETA from the measured forward speed: a training step costs ~3 forwards of its tokens (~6
+    once masked LoRA forms the m×n adapter product), a prune event ~3 forwards of the calibration set
+    (capture passes, scores, PBS), and the final evaluation ~3 perplexities + PubMedQA (~4 windows a question)."""
+    tok = args.batch_size * args.seq_len
+    masked = args.method in ("xpert", "foresight", "wanda-lora")
+    frac_masked = 0.0 if not masked else (1.0 if args.method == "wanda-lora" else 1 - min(args.events))
+    train = args.steps * tok * (3 + 3 * frac_masked)
+    events = n_events * 3 * n_calib * args.seq_len + (2 * n_calib * args.seq_len if args.method.startswith("lora-") else 0)
+    evals = 3 * n_test * args.seq_len + (4 * args.pubmedqa_n * args.seq_len if args.domain == "health" else 0)
+    return (train + events + evals) / fwd_tok_s / 60
+
+
 def lr_at(step, args):
     """Linear warm-up, then cosine decay to 10% of the peak."""
     w = max(1, int(args.warmup * args.steps))
@@ -161,12 +189,17 @@ def lr_at(step, args):
 # -----------------------------------------------------------------------------
 # checkpoints: adapter, masks, folded weights, EMA scores, optimizer, RNG, step — written atomically
 
-def save_checkpoint(path, model, opt, state, step, extra):
+def rng_state():
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def save_checkpoint(path, model, opt, state, step, extra, rng=None):
     # the base weights of adapted projections change at every fold, so they travel once an event happened
     keep = {k: v for k, v in model.state_dict().items()
             if "lora_" in k or k.endswith(".mask") or (extra["events_done"] and k.endswith(".weight") and ".layers." in k)}
-    ck = {"model": keep, "opt": opt.state_dict(), "state": state, "step": step, "rng": torch.get_rng_state(),
-          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, **extra}
+    cpu_rng, cuda_rng = rng or rng_state()
+    ck = {"model": keep, "opt": opt.state_dict(), "state": state, "step": step, "rng": cpu_rng, "cuda_rng": cuda_rng,
+          **extra}
     torch.save(ck, path + ".tmp")
     os.replace(path + ".tmp", path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
@@ -193,11 +226,10 @@ def train(args, log):
     if len(splits.train) < need:
         raise DataError(f"train split has {len(splits.train)} tokens, one batch needs {need} "
                         f"(--batch-size {args.batch_size} × --seq-len {args.seq_len}); use a larger corpus")
-    if args.calib == "general":
-        bench, _ = data.benchmarks(args.data_dir, "general")
-        if "wikitext2" not in bench:
+    if args.calib == "general":  # WikiText-2's calibration tenth, never the part the general ppl is measured on
+        if args.data_dir is None or not os.path.exists(os.path.join(args.data_dir, data.WIKITEXT2_FILE)):
             raise DataError("--calib general needs WikiText-2 in --data-dir (data/general/wikitext-2-raw/wiki.test.raw)")
-        calib_tokens = torch.tensor(tok.encode(bench["wikitext2"][-args.calib_samples * (args.seq_len + 1) * 8:], bos=False))
+        calib_tokens = torch.tensor(tok.encode(data.wikitext2_parts(args.data_dir)[1], bos=False))
     else:
         calib_tokens = splits.calib
     calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed)  # (N, T)
@@ -214,9 +246,13 @@ def train(args, log):
     state, step, events_done, timings, losses, base = None, 0, 0, [], [], None
     resumed = args.resume and os.path.exists(ckpt_path)
     if not resumed:
+        t0 = time.time()
         ppl, n = evaluation.perplexity(model, test_w, desc="base ppl")
+        fwd_tok_s = n * args.seq_len / max(1e-9, time.time() - t0)
         base = {"value": ppl, "split": f"{args.domain or 'data'} test", "seq_len": args.seq_len, "windows": n}
         log(f"base model: domain test ppl {ppl:.3f} (seq_len {args.seq_len}, {n} windows)")
+        log(f"ETA ≈ {eta_minutes(args, fwd_tok_s, len(event_steps), len(calib), len(test_w)):.1f} min "
+            f"(estimated from the base evaluation's {fwd_tok_s:,.0f} tokens/s forward)")
 
     masks = None
     if args.method == "wanda-lora" and not resumed:  # prune the base first, then masked LoRA keeps that mask
@@ -231,7 +267,10 @@ def train(args, log):
                          if k not in ("resume", "overwrite", "ckpt_every") and vars(args).get(k) != v)
         if changed:  # a resumed run must be the run that was interrupted, or its result means nothing
             raise UsageError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
-        model.load_state_dict(ck["model"], strict=False)
+        res = model.load_state_dict(ck["model"], strict=False)  # base weights travel only after an event
+        bad = [k for k in res.missing_keys if "lora_" in k or k.endswith(".mask")] + list(res.unexpected_keys)
+        if bad:
+            raise UsageError(f"--resume: {ckpt_path} does not match this model (e.g. {bad[0]})")
         state, step, events_done, timings, losses, base = (ck["state"], ck["step"], ck["events_done"], ck["timings"],
                                                            ck["losses"], ck["base"])
         opt = make_optimizer(model, args)
@@ -241,9 +280,9 @@ def train(args, log):
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
         log(f"resumed from {ckpt_path} at step {step} ({events_done} prune events done)")
 
-    def checkpoint():
+    def checkpoint(rng=None):
         save_checkpoint(ckpt_path, model, opt, state, step, {"events_done": events_done, "timings": timings,
-                                                              "losses": losses, "base": base, "args": vars(args)})
+                                                              "losses": losses, "base": base, "args": vars(args)}, rng)
 
     def prune_event(final):
         nonlocal state, events_done, opt
@@ -261,14 +300,18 @@ def train(args, log):
     model.train()
     from tqdm import tqdm
     bar = tqdm(total=args.steps, initial=step, desc=f"train {args.method}", dynamic_ncols=True)
-    t_tok = t_train = time.time()
+    t_train = time.time()
+    t_tok, n_tok, due = time.time(), 0, False  # tokens/s of this process's training steps only
     while step < args.steps:
         if events_done < len(event_steps) and step >= event_steps[events_done] and event_steps[events_done] < args.steps:
             model.eval()
+            t_ev = time.time()
             prune_event(final=False)
+            t_tok += time.time() - t_ev  # the bar's tokens/s is the training steps' alone
             model.train()
             checkpoint()
         x, y = next(batches)
+        rng = rng_state()  # before this step's dropout draws: a checkpoint of the state below replays them
         x, y = x.to(device), y.to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
@@ -277,16 +320,20 @@ def train(args, log):
             bar.close()
             where = f"the last good checkpoint is kept in {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was written yet"
             raise DataError(f"loss became {loss.item()} at step {step}; stopped, {where} (try a lower --lr)")
+        if due:  # the interval's checkpoint is written only now that this state gave a finite loss, so a
+            checkpoint(rng)  # divergence never overwrites the last good one with the weights that diverged
+            due = False
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(xpert.lora_parameters(model), 1.0)
         opt.step()
         step += 1
         losses.append(round(loss.item(), 5))
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{args.batch_size * args.seq_len * bar.n / max(1e-9, time.time() - t_tok):.0f}" if bar.n else "-")
+        n_tok += args.batch_size * args.seq_len
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{n_tok / max(1e-9, time.time() - t_tok):.0f}")
         bar.update(1)
         if args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps:
-            checkpoint()
+            due = True
     bar.close()
     log(f"training done: loss first {losses[0] if losses else float('nan'):.3f} -> last {losses[-1] if losses else float('nan'):.3f}")
 
@@ -323,7 +370,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    created = not os.path.exists(work)
+    created = not args.resume  # a folder this invocation starts (fresh, or replacing one with --overwrite)
     try:
         if not args.resume and os.path.exists(work):
             shutil.rmtree(work)
@@ -352,22 +399,23 @@ def main(argv=None):
             json.dump(run, f, indent=2)
         d = metrics.get("domain_test_ppl", {})
         log(f"\nsummary: {args.method} on {args.domain or args.data}: domain test ppl base {base['value']:.3f} -> "
-            f"expert {d.get('value', float('nan')):.3f} (seq_len {args.seq_len}, {d.get('windows')} windows); "
+            f"expert {d.get('value', float('nan')):.3f} ({d.get('split')}, seq_len {args.seq_len}, {d.get('windows')} windows); "
             f"sparsity {report['overall']:.4f}; wall {wall / 60:.1f} min; peak memory {mem:.0f} MB")
         log.file.close()
         if os.path.exists(os.path.join(work, "ckpt.pt")):
             os.remove(os.path.join(work, "ckpt.pt"))
-        if os.path.exists(args.out):
-            shutil.rmtree(args.out)  # --overwrite: replace only now that the new run is complete
-        os.replace(work, args.out)
+        publish_dir(work, args.out)  # --overwrite: the old folder is replaced only now, atomically
         print(f"outputs: {args.out}/ (Hugging Face folder + run.json + train.log)")
         return 0
     except (UsageError, DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
-        has_ckpt = os.path.exists(os.path.join(work, "ckpt.pt"))
-        if created and not has_ckpt:
+        if created and not os.path.exists(os.path.join(work, "ckpt.pt")):
             shutil.rmtree(work, ignore_errors=True)  # nothing worth keeping: leave nothing behind
         return 2
+    except BaseException:  # a bug or Ctrl-C: the traceback is the message, but no half-written folder stays
+        if created and not os.path.exists(os.path.join(work, "ckpt.pt")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -139,9 +139,11 @@ def sequential_blocks(model, calib_ids, batch_size=8, gram=False, progress=False
                     block(x, cos, sin)
             timings["capture"] += _now(device) - t
         yield b, block, cap.stats
+        cap.stats.clear()  # free block b's energies and Grams before block b+1 forms its own
         with torch.no_grad():
             t = _now(device)
-            xs = [block(x, cos, sin) for x in xs]  # through the block as the caller left it (pruned)
+            for i, x in enumerate(xs):  # through the block as the caller left it (pruned); in place, so
+                xs[i] = block(x, cos, sin)  # only one batch's hidden states exist twice at a time
             timings["capture"] += _now(device) - t
 
 
@@ -206,8 +208,17 @@ class LoRALinear(nn.Module):
         W, A, B = (_f32(t) for t in (self.weight, self.lora_A, self.lora_B))
         return (W + self.scale * (B @ A)) * self.mask
 
+    def pruned(self):
+        """Does the mask hold a zero? Cached on the buffer's identity and in-place version counter
+        (prune events and resume rewrite it in place, which bumps `_version`), so the forward does not
+        scan m×n booleans — on a GPU, a host sync per projection — every call."""
+        key = (self.mask.data_ptr(), self.mask._version)
+        if getattr(self, "_pruned_key", None) != key:
+            self._pruned_key, self._pruned = key, not bool(self.mask.all())
+        return self._pruned
+
     def forward(self, x):
-        if not self.mask.all():  # (checked every call: prune events and resume rewrite the buffer in place)
+        if self.pruned():
             return self._masked_forward(x)
         # nothing pruned (the dense phase before the first event, the lora baselines): both modes are
         # plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ — the same function as the exact form, at LoRA's cost
@@ -513,7 +524,7 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
                 lin.mask.copy_(keep)
                 lin.reset_adapter(A.to(lin.lora_A.dtype) if a_init == "pca" else None)
                 timings["fold"] += _now(device) - t
-            del plan
+            del plan, stats, U, keep, W_new, pca_cache  # nothing of block b outlives it (one block at a time)
     finally:
         model.train(was_training)
     state["events"] += 1
@@ -528,8 +539,8 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01):
     """SparseGPT (Frantar & Alistarh 2023, Alg. 1), written from the paper: prune W (m×n) column by
     column with Optimal Brain Surgeon updates of the not-yet-processed columns, H = XᵀX (the Hessian
     of ‖(W − Ŵ)Xᵀ‖² up to 2). Damping: percdamp·mean(diag H). The mask is chosen per block of
-    `blocksize` columns by w²/[H⁻¹]_cc², exactly floor(p·m·width) weights per block (top-k, not a
-    threshold); with nm=(N, M), N of every M consecutive inputs of a row, chosen as the run is reached.
+    `blocksize` columns by w²/[H⁻¹]_cc² (top-k, not a threshold), each block pruning what brings the
+    running total to floor(p·m·columns so far), so the matrix holds exactly floor(p·m·n) zeros; with nm=(N, M), N of every M consecutive inputs of a row, chosen as the run is reached.
     Returns (Ŵ, keep mask). Works in W's dtype (float32 or float64)."""
     W = W.clone()
     H = H.to(W.dtype).clone()
@@ -542,14 +553,17 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01):
     L = torch.linalg.cholesky(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
     keep = torch.ones(m, n, dtype=torch.bool, device=W.device)
-    for i1 in range(0, n, blocksize):
+    done = 0  # weights pruned so far: each block takes what brings the total to floor(p·m·i2), so the
+    for i1 in range(0, n, blocksize):  # matrix ends exactly floor(p·m·n)-sparse (not a floor per block)
         i2 = min(i1 + blocksize, n)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         prune1 = torch.zeros_like(W1, dtype=torch.bool)
         if nm is None:
             err = W1.pow(2) / Hinv1.diagonal()[None, :].pow(2)  # OBS saliency w²/[H⁻¹]_cc²
-            idx = err.reshape(-1).topk(n_pruned(err.numel(), sparsity), largest=False).indices
+            k = n_pruned(m * i2, sparsity) - done
+            done += k
+            idx = err.reshape(-1).topk(k, largest=False).indices
             prune1.view(-1)[idx] = True
         for i in range(i2 - i1):
             if nm is not None and i % nm[1] == 0:
@@ -572,7 +586,9 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01):
 def prune_oneshot(model, calib_ids, method, sparsity, nm=None, batch_size=8, progress=False):
     """One-shot pruning of a plain model (nn.Linear projections; merge_lora first for LoRA→X), in
     place, sequential over blocks like the original papers (PAPER.md §6): magnitude |W|, Wanda
-    |W|·‖X_c‖ (both per output row, or N:M), SparseGPT (sparsegpt_prune on H = XᵀX). Returns
+    |W|·‖X_c‖ (both per output row, or N:M; where p·n is not an integer — 0.4 × 576 = 230.4 — the rows
+    lose 230 or 231 so the matrix is exactly p-sparse like every other criterion here, where Wanda's own
+    code floors per row and ends at 39.93%), SparseGPT (sparsegpt_prune on H = XᵀX). Returns
     ({layer_name: keep mask, bool, CPU}, timings). For Wanda→LoRA pass the masks to add_lora(masks=)."""
     assert method in ("magnitude", "wanda", "sparsegpt"), "method: magnitude, wanda or sparsegpt"
     device = model.lm_head.weight.device

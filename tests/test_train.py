@@ -6,6 +6,7 @@ to the same result as an uninterrupted one. Every bad input is one line, exit co
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,11 @@ from conftest import ROOT
 TINY = ["--domain", "legal", "--max-docs", "60", "--steps", "6", "--batch-size", "2", "--seq-len", "64",
         "--calib-samples", "4", "--eval-windows", "3", "--pubmedqa-n", "3", "--events", "0.5,1.0",
         "--sparsity", "0.5", "--rank", "4", "--ckpt-every", "2"]
+
+
+def messages(stderr):
+    """stderr without tqdm's progress bars (a cold token cache draws one before the error): what a user reads."""
+    return [l for l in stderr.replace("\r", "\n").splitlines() if l.strip() and not re.search(r"\d+%\|", l)]
 
 
 def run(args, cache, timeout=300):
@@ -154,6 +160,13 @@ BAD = [
     (["--nm", "two:four"], "--nm"),
     (["--seq-len", "100000"], "split"),
     (["--calib-samples", "100000"], "calib"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--lr", "0"], "--lr"),
+    (["--ema", "0"], "--ema"),
+    (["--eval-windows", "-1"], "--eval-windows"),
+    (["--max-docs", "2"], "--max-docs"),
+    (["--device", "cuda:7"], "--device"),
+    (["--device", "tpu"], "--device"),
 ]
 
 
@@ -166,24 +179,62 @@ def test_bad_input_one_line_exit_2_nothing_on_disk(extra, needle, tiny_model_dir
         del args[i:i + 2]
     r = run([*args, *extra], cache)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    err = r.stderr.strip().splitlines()
+    err = messages(r.stderr)
     assert len(err) == 1 and err[0].startswith("error: "), r.stderr
     assert needle in err[0]
     assert "Traceback" not in r.stderr
     assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_model_dir, cache, tmp_path):
-    out = tmp_path / "nan"
+def test_nan_loss_before_any_checkpoint_leaves_nothing(tiny_model_dir, cache, tmp_path):
+    out = tmp_path / "nan"  # lr 1e30: the first Adam step already sends the adapter to ±1e30
     r = run(["train.py", "--model", tiny_model_dir, *TINY, "--method", "lora", "--lr", "1e30", "--warmup", "0",
              "--ckpt-every", "1", "--out", str(out)], cache)
     assert r.returncode == 2, r.stderr[-2000:]
     err = [l for l in r.stderr.splitlines() if l.startswith("error:")]  # the rest is the progress bar
-    assert len(err) == 1 and "loss became" in err[0] and "checkpoint" in err[0], r.stderr
+    assert len(err) == 1 and "loss became" in err[0] and "no checkpoint was written yet" in err[0], r.stderr
     assert "Traceback" not in r.stderr
-    assert not os.path.exists(out)
+    assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tiny_model_dir, cache, tmp_path, monkeypatch, capsys):
+    # the loss turns NaN at the 4th training step (steps 0-2 were finite): the run must stop with one line,
+    # and the checkpoint it keeps must be the state of step 2 — the last one whose loss was finite — not the
+    # weights that the update after it produced
+    import train
+    from model import LLaMA
+    monkeypatch.setenv("XPERT_CACHE", str(cache))
+    forward, calls = LLaMA.forward, []
+
+    def poisoned(self, idx, targets=None, **kw):
+        if targets is None or not self.training:
+            return forward(self, idx, targets=targets, **kw)
+        logits, loss = forward(self, idx, targets=targets, **kw)
+        calls.append(loss.item())
+        return logits, (loss * float("nan") if len(calls) == 4 else loss)
+    monkeypatch.setattr(LLaMA, "__call__", poisoned)
+    out = tmp_path / "nan2"
+    code = train.main(["--model", tiny_model_dir, *TINY, "--method", "lora", "--ckpt-every", "1", "--out", str(out)])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+    assert code == 2 and len(err) == 1 and "loss became nan at step 3" in err[0] and "kept" in err[0], err
     ck = torch.load(str(out) + ".partial/ckpt.pt", weights_only=False)
-    assert all(torch.isfinite(v).all() for v in ck["model"].values()), "the kept checkpoint is the last good one"
+    assert ck["step"] == 2 and len(ck["losses"]) == 2 and ck["losses"] == [round(v, 5) for v in calls[:2]]
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("content,needle", [("", "empty"), ("one short document", "document"),
+                                            ('{"text": "a"}\n{"nope": 1}\n', "text")], ids=["empty", "one-doc", "bad-jsonl"])
+def test_bad_corpus_one_line_exit_2_nothing_on_disk(content, needle, tiny_model_dir, cache, tmp_path):
+    corpus = tmp_path / ("c.jsonl" if content.startswith("{") else "c.txt")
+    corpus.write_text(content)
+    out = tmp_path / "run"
+    args = [a for a in TINY if a not in ("--domain", "legal")]
+    r = run(["train.py", "--model", tiny_model_dir, *args, "--data", str(corpus), "--out", str(out)], cache)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = messages(r.stderr)
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], r.stderr
+    assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
 
 
 def test_bad_model_folders(cache, tmp_path):
@@ -193,7 +244,7 @@ def test_bad_model_folders(cache, tmp_path):
     for folder, needle in ((tmp_path / "missing", "not found"), (non_llama, "gpt2")):
         out = tmp_path / "o"
         r = run(["train.py", "--model", str(folder), "--domain", "legal", "--out", str(out)], cache)
-        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.returncode == 2 and needle in r.stderr and len(messages(r.stderr)) == 1, r.stderr
         assert not os.path.exists(out) and not os.path.exists(str(out) + ".partial")
 
 
@@ -202,8 +253,8 @@ def test_existing_output_needs_overwrite(tiny_model_dir, cache, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     r = run(["train.py", "--model", tiny_model_dir, *TINY, "--out", str(out)], cache)
-    assert r.returncode == 2 and "--overwrite" in r.stderr
-    assert (out / "keep.txt").read_text() == "mine"
+    assert r.returncode == 2 and "--overwrite" in r.stderr and len(messages(r.stderr)) == 1, r.stderr
+    assert (out / "keep.txt").read_text() == "mine" and not os.path.exists(str(out) + ".partial")
 
 
 def test_help_lists_every_option_with_default():
@@ -214,3 +265,8 @@ def test_help_lists_every_option_with_default():
                 "--calib", "--calib-samples", "--device", "--dtype", "--seed", "--out", "--resume", "--overwrite"):
         assert opt in r.stdout, opt
     assert "(default: 0.4)" in r.stdout and "(default: xpert)" in r.stdout
+    import train  # every option of DEFAULTS shows its default in --help
+    text = " ".join(r.stdout.split())
+    for k, v in train.DEFAULTS.items():
+        if v is not None and not isinstance(v, bool):
+            assert f"(default: {v})" in text, k

@@ -377,6 +377,16 @@ def test_sparsegpt_beats_wanda_and_magnitude_on_correlated_inputs():
         assert err(Wg) < err(wanda) < err(mag)
 
 
+def test_sparsegpt_exact_count_when_blocks_do_not_divide():
+    # 0.4 × 7 rows × 300 columns: no 128-column block holds an integer share; the running total must
+    # still end at floor(p·m·n), like every other criterion's mask
+    W = torch.randn(7, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    X = correlated(400, 300, seed=2)
+    for p in (0.4, 0.37, 0.5):
+        Wg, keep = xpert.sparsegpt_prune(W, X.T @ X, p)
+        assert int((~keep).sum()) == xpert.n_pruned(7 * 300, p) == int((Wg == 0).sum()), p
+
+
 def test_sparsegpt_at_zero_sparsity_keeps_weights():
     W = torch.randn(8, 32, dtype=torch.float64)
     X = correlated(100, 32)
