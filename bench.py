@@ -8,6 +8,7 @@ a markdown table of relative performance against the dense `lora` run of the sam
     python bench.py --domains legal --sparsities 0.5 --methods lora,lora-wanda,xpert --seeds 0
     python bench.py --cost                        # xpert vs lora training time and peak memory, interleaved
     python bench.py --table                       # only rebuild the table from finished cells
+    python bench.py --step-cost --reps 5          # one training step: plain LoRA vs the masked-LoRA forms
 
 Every option not named here is passed through to train.py (e.g. --steps 20 --seq-len 128).
 """
@@ -26,10 +27,16 @@ GRID_METHODS = ["lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda
                 "xpert:output", "xpert:diag"]
 
 
+# options that make a cell a variant of its method (an ablation row of its own in the table)
+VARIANT_KEYS = ("group", "rank", "calib", "nm", "steps", "lr", "pbs_lambda", "ema", "events", "calib_samples")
+
+
 def run_cell(out_root, domain, method, sparsity, seed, extra):
-    """One train.py run; skipped when its run.json already exists (that is what makes the grid resumable)."""
-    name = f"{domain}-lora-seed{seed}" if method == "lora" else \
-        f"{domain}-{method.replace(':', '-')}-s{sparsity:g}-seed{seed}"
+    """One train.py run; skipped when its run.json already exists (that is what makes the grid resumable).
+    Extra train.py options become part of the cell's name (e.g. ...-group-in), so variants never mix."""
+    tag = "".join("-" + x.lstrip("-").replace(":", "") for x in extra)
+    name = f"{domain}-lora{tag}-seed{seed}" if method == "lora" else \
+        f"{domain}-{method.replace(':', '-')}-s{sparsity:g}{tag}-seed{seed}"
     out = os.path.join(out_root, name)
     if os.path.exists(os.path.join(out, "run.json")):
         return out, "done"
@@ -56,21 +63,26 @@ def table(out_root):
             with open(f) as fh:
                 j = json.load(fh)
             c = j["config"]
-            cells[name] = {"domain": c["domain"], "method": c["method"] + (f":{c['pbs']}" if c["method"] == "xpert" else ""),
+            import train
+            variant = ",".join(f"{k}={c[k]}" for k in VARIANT_KEYS
+                               if k in c and c[k] != train.DEFAULTS[k] and not (k == "events" and c[k] == [0.33, 0.67, 1.0]))
+            cells[name] = {"domain": c["domain"], "variant": variant,
+                           "method": c["method"] + (f":{c['pbs']}" if c["method"] == "xpert" else ""),
                            "sparsity": 0.0 if c["method"] == "lora" else c["sparsity"], "seed": c["seed"],
                            "metrics": {k: v["value"] for k, v in j["metrics"].items()},
                            "context": j["metrics"], "measured_sparsity": j["sparsity"]["overall"],
                            "wall_time_s": j["wall_time_s"], "peak_memory_mb": j["peak_memory_mb"]}
     rows = {}
     for name, c in cells.items():
-        ref = next((r for r in cells.values() if r["domain"] == c["domain"] and r["seed"] == c["seed"]
-                    and r["method"] == "lora"), None)
+        refs = [r for r in cells.values() if r["domain"] == c["domain"] and r["seed"] == c["seed"] and r["method"] == "lora"]
+        # the dense LoRA of the same variant (e.g. rank=64) when there is one, else the default dense LoRA
+        ref = next((r for r in refs if r["variant"] == c["variant"]), next((r for r in refs if not r["variant"]), None))
         rel = {m: evaluation.relative(m, v, ref["metrics"].get(m)) for m, v in c["metrics"].items()} if ref else {}
         c["relative"] = rel
-        rows.setdefault((c["domain"], c["method"], c["sparsity"]), []).append(c)
-    lines = ["| domain | method | sparsity | seeds | " + " | ".join(
-        ["domain ppl", "general ppl (wikitext2)", "benchmark", "rel. (mean over metrics)"]) + " |", "|---" * 8 + "|"]
-    for (domain, method, sp), cs in sorted(rows.items()):
+        rows.setdefault((c["domain"], c["method"], c["variant"], c["sparsity"]), []).append(c)
+    lines = ["| domain | method | variant | sparsity | seeds | " + " | ".join(
+        ["domain ppl", "general ppl (wikitext2)", "benchmark", "rel. (mean over metrics)"]) + " |", "|---" * 9 + "|"]
+    for (domain, method, variant, sp), cs in sorted(rows.items()):
         def fmt(metric):
             vals = [c["metrics"][metric] for c in cs if metric in c["metrics"]]
             if not vals:
@@ -81,7 +93,7 @@ def table(out_root):
         bench = "pubmedqa_acc" if domain == "health" else "cuad_ppl"
         means = [statistics.mean(v for v in c["relative"].values() if v is not None) for c in cs
                  if any(v is not None for v in c["relative"].values())]
-        lines.append(f"| {domain} | {method} | {sp:g} | {len(cs)} | {fmt('domain_test_ppl')} | {fmt('wikitext2_ppl')} | "
+        lines.append(f"| {domain} | {method} | {variant or 'default'} | {sp:g} | {len(cs)} | {fmt('domain_test_ppl')} | {fmt('wikitext2_ppl')} | "
                      f"{bench}: {fmt(bench)} | " + (f"{100 * statistics.mean(means):.1f}%" if means else "–") + " |")
     with open(os.path.join(out_root, "results.json"), "w") as f:
         json.dump(cells, f, indent=2)
@@ -118,6 +130,49 @@ def cost(out_root, domain, reps, extra):
     return "\n".join(lines)
 
 
+def step_cost(reps, batch, seq, sparsity=0.4, rank=8):
+    """One training step (forward + backward + AdamW) of the default model with adapters, in each form of
+    the LoRA forward (PAPER.md §3), interleaved repetitions, medians — the part of xpert's cost that the
+    masked forward adds. Forms: plain LoRA (mask all ones: what `lora` runs), exact masked LoRA with the
+    default dropout (two m×n products per layer), exact with dropout 0 (one), and 'lowrank' (plain-LoRA
+    cost, but not the same model at the next fold: see LoRALinear)."""
+    import torch
+    import torch.nn.functional as F
+    import xpert
+    from model import LLaMA
+    forms = {"plain LoRA (nothing pruned)": ("exact", 0.05, False), "exact masked, dropout 0.05": ("exact", 0.05, True),
+             "exact masked, dropout 0": ("exact", 0.0, True), "lowrank (not equivalent)": ("lowrank", 0.05, True)}
+    models = {}
+    for name, (mode, drop, pruned) in forms.items():
+        m = xpert.add_lora(LLaMA.from_pretrained(), rank=rank, dropout=drop, forward_mode=mode)
+        if pruned:  # a p-sparse mask of the right shape (which weights does not matter for the cost)
+            g = torch.Generator().manual_seed(0)
+            for _, lin in xpert.lora_layers(m):
+                lin.mask.copy_(xpert.select_mask(torch.rand(lin.mask.shape, generator=g), sparsity))
+        m.train()
+        models[name] = (m, torch.optim.AdamW(xpert.lora_parameters(m), lr=1e-4))
+    idx = torch.randint(0, 49152, (batch, seq + 1), generator=torch.Generator().manual_seed(1))  # (B, T+1)
+
+    def step(m, opt):
+        _, loss = m(idx[:, :-1], targets=idx[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    times = {n: [] for n in forms}
+    for n in forms:
+        step(*models[n])  # warm-up
+    for _ in range(reps):
+        for n in forms:
+            t = time.perf_counter()
+            step(*models[n])
+            times[n].append(time.perf_counter() - t)
+    base = statistics.median(times["plain LoRA (nothing pruned)"])
+    lines = [f"one training step, {batch}×{seq} tokens, r={rank}, p={sparsity:g}, {torch.get_num_threads()} threads, "
+             f"{reps} interleaved repetitions (median; ratio to plain LoRA):"]
+    lines += [f"  {n:30s} {statistics.median(v):6.2f}s  {statistics.median(v) / base:5.2f}x" for n, v in times.items()]
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(HERE, "bench_out"), help="where cells and results go")
@@ -128,8 +183,12 @@ def main():
     p.add_argument("--table", action="store_true", help="only rebuild results.json / results.md")
     p.add_argument("--cost", action="store_true", help="measure xpert vs lora time and memory instead of the grid")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--step-cost", action="store_true", help="time one training step in each LoRA forward form")
     a, extra = p.parse_known_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.step_cost:
+        print(step_cost(a.reps, 4, 256))
+        return
     if a.cost:
         print(cost(a.out, a.domains.split(",")[0], a.reps, extra))
         return

@@ -92,8 +92,10 @@ def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_wi
         items = bench["pubmedqa_items"][:pubmedqa_n] if pubmedqa_n else bench["pubmedqa_items"]
         acc = data.pubmedqa_accuracy(LogProb(model, tok), tqdm(items, desc="pubmedqa", leave=False,
                                                                disable=not progress))
-        metrics["pubmedqa_acc"] = {"value": acc, "split": "PubMedQA official test", "questions": len(items)}
-        log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   (PubMedQA official test, {len(items)} questions, zero-shot)")
+        split = f"PubMedQA official test, {'all ' if len(items) == len(bench['pubmedqa_items']) else 'first '}" \
+                f"{len(items)} of {len(bench['pubmedqa_items'])} questions"
+        metrics["pubmedqa_acc"] = {"value": acc, "split": split, "questions": len(items)}
+        log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   ({split}, zero-shot)")
     return metrics
 
 
@@ -174,6 +176,12 @@ def mask_overlap(paths, png=None):
     for path, m in zip(paths[1:], masks[1:]):
         if list(m) != keys or any(m[k].shape != masks[0][k].shape for k in keys):
             raise ModelError(f"{path}: not the same architecture as {paths[0]}")
+    sparsity = [sum(int(m[k].sum()) for k in keys) / sum(m[k].numel() for k in keys) for m in masks]
+    for path, sp in zip(paths, sparsity):
+        if sp == 0:
+            raise ModelError(f"{path}: no pruned weights (a dense run has no mask to compare)")
+        if abs(sp - sparsity[0]) > 1e-3:  # IoU and its chance level only mean something at one sparsity
+            raise ModelError(f"{path}: sparsity {sp:.4f} differs from {paths[0]}'s {sparsity[0]:.4f}")
     names = [os.path.basename(p.rstrip("/")) for p in paths]
     blocks = sorted({int(k.split(".")[1]) for k in keys})
     out = []
@@ -227,8 +235,9 @@ def main(argv=None):
     p.add_argument("--png", help="with --mask-overlap: save a heatmap here (needs matplotlib)")
     p.add_argument("--domain", choices=data.DOMAINS, help="domain of the benchmark sets (default: the run's)")
     p.add_argument("--data-dir", default=None, help="benchmark assets; default ../shared/assets if present")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--windows", type=int, default=32, help="windows per perplexity (0 = all)")
+    p.add_argument("--seq-len", type=int, default=None, help="evaluation window length (default: the run's, else 256)")
+    p.add_argument("--windows", type=int, default=None,
+                   help="windows per perplexity, 0 = all (default: the run's --eval-windows, else 32)")
     p.add_argument("--pubmedqa-n", type=int, default=0, help="PubMedQA questions (0 = all 500)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
@@ -245,8 +254,12 @@ def main(argv=None):
             print(compare(a.paths))
             return 0
         if a.mask_overlap:
+            if len(a.paths) < 2:
+                raise ModelError("--mask-overlap needs at least two runs to compare")
             print(mask_overlap(a.paths, a.png))
             return 0
+        if a.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ModelError(f"--dtype must be auto, float32, bfloat16 or float16, got {a.dtype!r}")
         device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
         dtype = getattr(torch, "bfloat16" if a.dtype == "auto" and device.startswith("cuda") else
                         ("float32" if a.dtype == "auto" else a.dtype))
@@ -257,17 +270,20 @@ def main(argv=None):
                 with open(os.path.join(path, "run.json")) as f:
                     run = json.load(f)["config"]
             domain = a.domain or run.get("domain")
-            print(f"{path}: (domain {domain or 'none'}, device {device}/{str(dtype).split('.')[-1]})")
+            seq_len = a.seq_len or run.get("seq_len", 256)  # the run's own settings: numbers comparable to run.json
+            windows = a.windows if a.windows is not None else run.get("eval_windows", 32)
+            print(f"{path}: (domain {domain or 'none'}, device {device}/{str(dtype).split('.')[-1]}, "
+                  f"seq_len {seq_len}, {windows or 'all'} windows per perplexity)")
             model = LLaMA.from_pretrained(path, device=device, dtype=dtype)
             tok = Tokenizer(path)
             splits = None
             if domain or run.get("data"):
                 splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
-                                      tokenizer_id=os.path.abspath(path),
-                                      seed=run.get("seed", 0), max_docs=run.get("max_docs"))
+                                      seed=run.get("seed", 0), max_docs=run.get("max_docs"))  # cache keyed by vocabulary
             # a plain folder with no domain still gets the general-ability check (WikiText-2)
-            m = evaluate(model, tok, domain or ("general" if splits is None else None), splits, a.data_dir or data.default_data_dir(), a.seq_len,
-                         a.windows or None, a.pubmedqa_n or None, a.batch_size)
+            m = evaluate(model, tok, domain or ("general" if splits is None else None), splits,
+                         a.data_dir or data.default_data_dir(), seq_len, windows or None, a.pubmedqa_n or None,
+                         a.batch_size)
             sp = folder_sparsity(path)
             print(f"  {'sparsity (saved)':<22} {sp['overall']:.4f}   (zeros / weights of the 7 projections of every block)")
             results[path] = {"metrics": m, "sparsity": sp["overall"]}

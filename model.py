@@ -33,7 +33,7 @@ class ModelError(Exception):
 # -----------------------------------------------------------------------------
 # Config: filled from a Hugging Face config.json
 
-LLAMA_COMPATIBLE = ("llama", "mistral")  # same tensors and maths; mistral's sliding window is not used
+LLAMA_COMPATIBLE = ("llama", "mistral")  # same tensors and maths (a mistral with a sliding window is refused)
 
 
 @dataclass
@@ -84,8 +84,17 @@ class LlamaConfig:
         except (TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
             raise ModelError(f"{where}: invalid LLaMA config ({e})")
         rs = cfg.rope_scaling
-        if rs is not None and rs.get("rope_type", rs.get("type")) not in ("llama3", "linear", "default"):
-            raise ModelError(f"{where}: rope_scaling type {rs.get('rope_type', rs.get('type'))!r} is not supported (llama3, linear)")
+        kind = None if rs is None else rs.get("rope_type", rs.get("type"))
+        if rs is not None and kind not in ("llama3", "linear", "default"):
+            raise ModelError(f"{where}: rope_scaling type {kind!r} is not supported (llama3, linear)")
+        need = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                "linear": ("factor",)}.get(kind, ())
+        if any(k not in rs for k in need):
+            raise ModelError(f"{where}: rope_scaling of type {kind} needs {', '.join(k for k in need if k not in rs)}")
+        sw = d.get("sliding_window")  # mistral: attention limited to a window, which this model does not do
+        if sw is not None and d.get("use_sliding_window", True) and sw < cfg.max_position_embeddings:
+            raise ModelError(f"{where}: sliding_window {sw} < max_position_embeddings {cfg.max_position_embeddings} "
+                             "is not supported (this LLaMA attends to the whole context)")
         return cfg
 
     def to_dict(self) -> dict:

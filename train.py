@@ -136,6 +136,8 @@ def resolve(args):
         raise UsageError(f"--dtype must be float32, bfloat16 or float16, got {args.dtype!r}")
     if args.data_dir is None:
         args.data_dir = data.default_data_dir()
+    if args.data is not None:
+        args.data = os.path.abspath(args.data)  # run.json must point at it from anywhere (eval.py reads it)
     if args.out is None:
         tag = args.domain or os.path.splitext(os.path.basename(args.data.rstrip("/")))[0]
         sp = f"-nm{args.nm[0]}{args.nm[1]}" if args.nm else ("" if args.method == "lora" else f"-s{args.sparsity:g}")
@@ -219,7 +221,7 @@ def train(args, log):
     tok = Tokenizer(model.source_dir)
     for p in model.parameters():
         p.requires_grad_(False)
-    splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, tokenizer_id=model.source_dir,
+    splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok,
                           seed=args.seed, max_docs=args.max_docs)
     log(data.describe(splits))
     need = args.batch_size * (args.seq_len + 1)

@@ -322,3 +322,30 @@ def test_cuad_and_wikitext_real():
     assert 0.085 < len(cal) / len(text) < 0.115 and len(ev) + len(cal) + 2 == len(text)
     found, skipped = data.benchmarks(assets_dir(), "general")
     assert set(found) == {"wikitext2"} and not skipped
+
+
+def test_logprob_scorer_equals_full_forward_and_picks_the_likeliest():
+    # eval.LogProb (cached prompt, continuation scored from the cache) against one plain forward of
+    # prompt + continuation on a real model; then PubMedQA scoring on a hand-made item
+    stories = os.path.join(assets_dir() or "", "models", "stories260K")
+    if not os.path.exists(os.path.join(stories, "model.safetensors")):
+        pytest.skip("stories260K not found in the assets (set XPERT_ASSETS)")
+    import eval as evaluation
+    from model import LLaMA, Tokenizer
+    model, tok = LLaMA.from_pretrained(stories).eval(), Tokenizer(stories)
+    lp = evaluation.LogProb(model, tok)
+    prompt = "Once upon a time, there was a little girl named Lily. She liked to"
+    for cont in (" play", " play with her dog in the park", " play"):  # the third reuses the cache
+        p_ids, c_ids = tok.encode(prompt), tok.encode(cont, bos=False)
+        with torch.no_grad():
+            logits = model(torch.tensor([p_ids + c_ids]))[0].log_softmax(-1)  # (T, vocab)
+        ref = sum(logits[len(p_ids) - 1 + i, t].item() for i, t in enumerate(c_ids))
+        assert abs(lp(prompt, cont) - ref) < 1e-4, cont
+    # the likeliest continuation wins: build the item so that " yes" is what the model itself prefers
+    item = {"context": "Lily had a dog. She liked to play with the dog.", "question": "Did Lily like her dog?"}
+    prompt = data.pubmedqa_prompt(item)
+    scores = {c: lp(prompt, " " + c) for c in data.CHOICES}
+    best = max(scores, key=scores.get)
+    assert data.score_choices(lp, prompt) == best
+    assert data.pubmedqa_accuracy(lp, [dict(item, answer=best)]) == 1.0
+    assert data.pubmedqa_accuracy(lp, [dict(item, answer=next(c for c in data.CHOICES if c != best))]) == 0.0

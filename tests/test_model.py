@@ -39,9 +39,10 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
 CASES = {  # name: (config overrides, how it is saved)
     "mha_tied": (dict(num_key_value_heads=4, tie_word_embeddings=True), "safetensors"),
     "gqa_untied_theta": (dict(num_key_value_heads=2, rope_theta=500000.0), "sharded"),
-    "gqa_tied_llama3_headdim": (dict(num_key_value_heads=1, head_dim=16, tie_word_embeddings=True,
+    "mqa_tied_llama3_headdim": (dict(num_key_value_heads=1, head_dim=16, tie_word_embeddings=True,
                                      rope_scaling=LLAMA3), "bin"),
-    "mqa_untied_headdim": (dict(num_key_value_heads=2, head_dim=12, rope_scaling=LLAMA3), "sharded_bin"),
+    "gqa_untied_llama3_headdim": (dict(num_key_value_heads=2, head_dim=12, rope_scaling=LLAMA3), "sharded_bin"),
+    "mha_untied": (dict(num_key_value_heads=4), "sharded"),
 }
 
 
@@ -219,6 +220,39 @@ def bad_folders(tmp):
     return out
 
 
+def test_refuses_what_it_would_compute_wrongly(tmp_path):
+    # a mistral with a sliding window (we attend to the whole context) and a llama3 rope_scaling missing a key
+    for name, extra, needle in (("mistral-window", dict(model_type="mistral", sliding_window=16), "sliding_window 16"),
+                                ("llama3-keys", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "low_freq_factor")):
+        make_hf(tmp_path / name, dict(num_key_value_heads=2))
+        cfg = json.load(open(tmp_path / name / "config.json"))
+        cfg.update(extra)
+        json.dump(cfg, open(tmp_path / name / "config.json", "w"))
+        with pytest.raises(M.ModelError) as e:
+            M.LLaMA.from_pretrained(tmp_path / name)
+        assert needle in str(e.value) and "config.json" in str(e.value), str(e.value)
+    cfg.update(model_type="mistral", sliding_window=None, rope_scaling=None)  # no window: a plain LLaMA
+    json.dump(cfg, open(tmp_path / name / "config.json", "w"))
+    M.LLaMA.from_pretrained(tmp_path / name)
+
+
+def test_sampling_top_k_one_is_greedy_and_samples_stay_in_top_k(tmp_path):
+    make_hf(tmp_path, CASES["gqa_untied_theta"][0])
+    ours = M.LLaMA.from_pretrained(tmp_path)
+    idx = torch.randint(3, 97, (2, 5), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        greedy = ours.generate(idx, 12, temperature=0)
+        torch.manual_seed(0)
+        assert torch.equal(ours.generate(idx, 12, temperature=1.3, top_k=1), greedy)
+        torch.manual_seed(0)
+        sampled = ours.generate(idx, 12, temperature=1.0, top_k=3)
+        logits = ours(sampled[:, :-1])  # (B, T-1, vocab): the distribution each new token was drawn from
+    for t in range(idx.shape[1], sampled.shape[1]):
+        top3 = logits[:, t - 1].topk(3).indices  # (B, 3)
+        assert (top3 == sampled[:, t:t + 1]).any(1).all(), t
+    assert not torch.equal(sampled, greedy)  # temperature 1, top-3 over 12 tokens: some draw is not the argmax
+
+
 def test_bad_input_raises_model_error(tmp_path):
     for what, (path, needle) in bad_folders(str(tmp_path)).items():
         with pytest.raises(M.ModelError) as e:
@@ -278,6 +312,14 @@ def test_stories_tokenizer():
     for t in texts + ["Lily and Ben went to the park. They saw a big, red ball!", "Hello\nworld 123"]:
         if "  " not in t:
             assert tok.encode(t) == ref(t)["input_ids"], t
+    # the tokenizer files save_pretrained copies into an expert folder load in transformers with the same ids
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        M.LLaMA.from_pretrained(STORIES).save_pretrained(d)
+        saved = tf.AutoTokenizer.from_pretrained(d)
+        for t in texts + ["Lily and Ben went to the park."]:
+            if "  " not in t:
+                assert saved(t)["input_ids"] == ref(t)["input_ids"] == tok.encode(t), t
 
 
 # -----------------------------------------------------------------------------
@@ -448,12 +490,10 @@ def test_default_tokenizer_matches_transformers(smol_dir):
     tf = transformers()
     tok = M.Tokenizer(smol_dir)
     assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (1, 2, 49152)
-    refs = [tf.AutoTokenizer.from_pretrained(smol_dir)]
-    try:  # an independent construction: transformers' own tokenizer from the GGUF metadata
-        refs.append(tf.AutoTokenizer.from_pretrained(os.path.dirname(M.default_gguf_file()),
-                                                     gguf_file=M.DEFAULT_GGUF))
-    except Exception as e:
-        print(f"transformers' GGUF tokenizer unavailable: {e}")
+    # two references: transformers on our converted tokenizer.json, and — independent of our conversion —
+    # transformers' own tokenizer built from the GGUF metadata (the requirements install what it needs)
+    refs = [tf.AutoTokenizer.from_pretrained(smol_dir),
+            tf.AutoTokenizer.from_pretrained(os.path.dirname(M.default_gguf_file()), gguf_file=M.DEFAULT_GGUF)]
     for t in SMOL_TEXTS:
         ids = tok.encode(t)
         for ref in refs:

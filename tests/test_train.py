@@ -270,3 +270,48 @@ def test_help_lists_every_option_with_default():
     for k, v in train.DEFAULTS.items():
         if v is not None and not isinstance(v, bool):
             assert f"(default: {v})" in text, k
+
+
+def test_mask_overlap_matches_direct_iou_and_refuses_bad_pairs(tiny_model_dir, cache, tmp_path):
+    from model import LLaMA, PROJECTIONS
+    g = torch.Generator().manual_seed(0)
+    folders, masks = [], []
+    for i in range(2):  # two "runs" with known, exactly 50%-sparse random masks
+        m = LLaMA.from_pretrained(tiny_model_dir)
+        mk = {}
+        for b, block in enumerate(m.model.layers):
+            for p in PROJECTIONS:
+                W = block.get_submodule(p).weight
+                prune = torch.zeros(W.numel(), dtype=torch.bool)
+                prune[torch.randperm(W.numel(), generator=g)[:W.numel() // 2]] = True
+                prune = prune.view_as(W) | (W == 0)  # (no exact zeros in a real checkpoint, but be sure)
+                with torch.no_grad():
+                    W[prune] = 0
+                mk[(b, p)] = prune
+        m.save_pretrained(str(tmp_path / f"run{i}"), tokenizer_dir=tiny_model_dir)
+        folders.append(str(tmp_path / f"run{i}"))
+        masks.append(mk)
+    r = run(["eval.py", "--mask-overlap", *folders], cache)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [l for l in r.stdout.splitlines() if l.startswith("| ") and l.split("|")[1].strip().isdigit()]
+    assert len(rows) == len({b for b, _ in masks[0]})
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        b = int(cells[0])
+        for j, p in enumerate(PROJECTIONS):
+            a, c = masks[0][(b, p)], masks[1][(b, p)]
+            iou = (a & c).sum().item() / (a | c).sum().item()  # the direct computation
+            assert abs(float(cells[1 + j]) - iou) < 6e-4, (b, p)
+    # refusals: one run, a dense folder, another sparsity
+    dense = tiny_model_dir
+    m = LLaMA.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for block in m.model.layers:
+            for p in PROJECTIONS:
+                W = block.get_submodule(p).weight
+                W[:, : W.shape[1] // 4] = 0
+    m.save_pretrained(str(tmp_path / "quarter"), tokenizer_dir=tiny_model_dir)
+    for paths, needle in (([folders[0]], "two runs"), ([folders[0], dense], "no pruned weights"),
+                          ([folders[0], str(tmp_path / "quarter")], "differs")):
+        r = run(["eval.py", "--mask-overlap", *paths], cache)
+        assert r.returncode == 2 and needle in r.stderr and len(messages(r.stderr)) == 1, r.stderr

@@ -466,14 +466,17 @@ def test_prune_event_random_gqa_model_exact_sparsity_and_merge(group, nm, pbs, a
     ids = torch.randint(0, 64, (5, 16), generator=torch.Generator().manual_seed(7))
     p = 0.4
     state, t = xpert.prune_event(model, ids, p, group=group, nm=nm, pbs=pbs, a_init=a_init, batch_size=2, progress=False)
-    assert set(t) == {"capture", "scoring", "pbs", "fold", "total"} and all(v >= 0 for v in t.values())
+    assert set(t) == {"capture", "scoring", "pbs", "fold", "total"} and min(t.values()) >= 0
+    assert t["total"] >= t["capture"] + t["scoring"] + t["pbs"] + t["fold"]  # the parts are disjoint spans of it
     _check_exact(model, p, group, nm)
     assert no_hooks(model) and not model.training
     for _, lin in xpert.lora_layers(model):
         assert lin.lora_B.abs().max() == 0  # adapter reset
     assert torch.isfinite(model(ids)).all()
     rep = xpert.sparsity_report(model)
-    assert "overall" in xpert.format_sparsity(rep)
+    text = xpert.format_sparsity(rep)
+    assert f"{100 * rep['overall']:.4f}% zeros ({rep['zeros']:,} of {rep['total']:,} weights)" in text
+    assert rep["zeros"] == sum(int((xpert.effective_weight(lin) == 0).sum()) for _, lin in xpert.lora_layers(model))
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("lora_A")}
     xpert.merge_lora(model)  # merge keeps exact sparsity: no densification
     for k, v in model.state_dict().items():
@@ -548,3 +551,47 @@ def test_unpruned_layer_takes_the_lora_path_with_the_exact_forms_values_and_grad
     with torch.no_grad():  # one pruned weight switches it to the masked path, which drops that weight
         lin.mask[0, 0] = False
     assert torch.allclose(lin(x), x @ lin.effective_weight().double().T, atol=1e-12)
+
+
+@pytest.mark.parametrize("pbs", ["output", "diag"])
+def test_final_event_skips_pbs_unless_asked(pbs):
+    # PAPER.md §3: the final event is capture → scores → mask → fold without PBS, so the merged weight is
+    # exactly U ⊙ M; pbs_final=True keeps the PBS correction (and then W differs from U ⊙ M on kept weights)
+    for pbs_final in (False, True):
+        model = xpert.add_lora(tiny_model(seed=7), rank=4)
+        randomize_adapters(model, seed=3)
+        before = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}
+        ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+        xpert.prune_event(model, ids, 0.5, pbs=pbs, final=True, pbs_final=pbs_final, progress=False)
+        for n, lin in xpert.lora_layers(model):
+            expect = before[n] * lin.mask
+            assert int((~lin.mask).sum()) == lin.mask.numel() // 2
+            if pbs_final:
+                assert not torch.allclose(lin.weight, expect), n  # the correction moved kept weights
+                assert (lin.weight[~lin.mask] == 0).all()
+            else:
+                assert torch.equal(lin.weight, expect), n
+
+
+def test_forward_follows_mask_changes_made_in_place():
+    # LoRALinear caches "is anything pruned?" on the mask's in-place version counter: every way a mask
+    # changes in this code (item assignment, copy_, load_state_dict) must switch the forward to the exact form
+    torch.manual_seed(0)
+    lin = xpert.LoRALinear(torch.nn.Linear(10, 6, bias=False).double(), rank=2, alpha=4, dropout=0.0)
+    with torch.no_grad():
+        lin.lora_B.normal_()
+    x = torch.randn(3, 10, dtype=torch.float64)
+    exact = lambda: x @ lin.effective_weight().T  # noqa: E731  (W + s·B·A) ⊙ M, computed directly
+    torch.testing.assert_close(lin(x), exact())
+    lin.mask[0, 0] = False
+    torch.testing.assert_close(lin(x), exact())
+    assert not torch.allclose(lin(x), x @ (lin.weight + lin.scale * lin.lora_B @ lin.lora_A).T)
+    lin.mask.copy_(torch.rand(6, 10) > 0.5)
+    torch.testing.assert_close(lin(x), exact())
+    sd = {k: v.clone() for k, v in lin.state_dict().items()}
+    sd["mask"] = torch.ones(6, 10, dtype=torch.bool)
+    sd["mask"][2] = False
+    lin.load_state_dict(sd)
+    torch.testing.assert_close(lin(x), exact())
+    lin.mask.fill_(True)  # back to nothing pruned: the plain-LoRA path, the same function
+    torch.testing.assert_close(lin(x), exact())
