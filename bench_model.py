@@ -1,6 +1,7 @@
 """
 Speed of model.py against transformers' LlamaForCausalLM on the default model (SmolLM2-135M-Instruct),
-CPU float32: first-use GGUF conversion, plain load, forward tokens/s and one training step.
+CPU float32: first-use GGUF conversion, plain load, forward tokens/s, one full training step, and one LoRA
+training step against transformers + peft (when peft is installed).
 Not a test: transformers is only the yardstick here (pip install transformers).
 
 Runs alternate between the two models so both see the same machine load. The ratio is given for the best
@@ -91,6 +92,26 @@ def main():
         s_ours.append(timed(t_ours))
         s_hf.append(timed(t_hf))
     rows.append((f"train step {args.batch}x{args.seq} (fwd+bwd)", s_ours, s_hf, "s"))
+
+    # one LoRA training step (r=8, α=16, dropout 0.05 on the seven projections, as train.py's dense phase):
+    # ours (xpert.add_lora) vs transformers + peft, when peft is installed (a benchmark-only package)
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        print("peft is not installed (pip install peft): no LoRA-step comparison")
+    else:
+        import xpert
+        lo_ours = xpert.add_lora(M.LLaMA.from_pretrained(path), rank=8, alpha=16, dropout=0.05).train()
+        xpert.lora_parameters(lo_ours)
+        lo_hf = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                               LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=[p.split(".")[-1] for p in M.PROJECTIONS])).train()
+        l_ours, l_hf = train(lo_ours, False), train(lo_hf, True)
+        l_ours(), l_hf()  # warm-up
+        ls_ours, ls_hf = [], []
+        for _ in range(max(2, args.reps // 2 + 1)):
+            ls_ours.append(timed(l_ours))
+            ls_hf.append(timed(l_hf))
+        rows.append((f"LoRA step {args.batch}x{args.seq} (vs peft)", ls_ours, ls_hf, "s"))
 
     print(f"\nmodel.py vs transformers {__import__('transformers').__version__}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU float32, interleaved runs: best (median)")

@@ -291,8 +291,14 @@ def test_mask_overlap_matches_direct_iou_and_refuses_bad_pairs(tiny_model_dir, c
         m.save_pretrained(str(tmp_path / f"run{i}"), tokenizer_dir=tiny_model_dir)
         folders.append(str(tmp_path / f"run{i}"))
         masks.append(mk)
-    r = run(["eval.py", "--mask-overlap", *folders], cache)
+    png = tmp_path / "iou.png"
+    r = run(["eval.py", "--mask-overlap", *folders, "--png", str(png)], cache)
     assert r.returncode == 0, r.stderr[-2000:]
+    try:  # the heatmap is optional: written when matplotlib is installed, a one-line note when it is not
+        import matplotlib  # noqa: F401
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"heatmap: {png}" in r.stdout
+    except ImportError:
+        assert not png.exists() and "matplotlib is not installed" in r.stdout
     rows = [l for l in r.stdout.splitlines() if l.startswith("| ") and l.split("|")[1].strip().isdigit()]
     assert len(rows) == len({b for b, _ in masks[0]})
     for line in rows:
