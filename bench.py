@@ -15,6 +15,7 @@ Every option not named here is passed through to train.py (e.g. --steps 20 --seq
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,14 +28,19 @@ GRID_METHODS = ["lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda
                 "xpert:output", "xpert:diag"]
 
 
-# options that make a cell a variant of its method (an ablation row of its own in the table)
-VARIANT_KEYS = ("group", "rank", "calib", "nm", "steps", "lr", "pbs_lambda", "ema", "events", "calib_samples")
+# config keys that do not make a cell a variant: what the grid itself varies, and bookkeeping. Every other
+# option that differs from train.py's DEFAULTS (group, rank, calib, steps, seq_len, model, ...) gives the
+# cell a row of its own, so cells with different settings never share a row or a mean.
+NOT_VARIANT = ("domain", "method", "pbs", "sparsity", "seed", "out", "resume", "overwrite", "ckpt_every", "device",
+               "data_dir", "eval_windows", "pubmedqa_n", "events")
+LORA_KEYS = ("rank", "alpha", "dropout", "lr", "warmup", "steps", "batch_size", "seq_len", "model", "data", "max_docs",
+             "dtype")  # what the dense reference must share with a cell
 
 
 def run_cell(out_root, domain, method, sparsity, seed, extra):
     """One train.py run; skipped when its run.json already exists (that is what makes the grid resumable).
     Extra train.py options become part of the cell's name (e.g. ...-group-in), so variants never mix."""
-    tag = "".join("-" + x.lstrip("-").replace(":", "") for x in extra)
+    tag = re.sub(r"[^\w.=-]+", "_", "".join("-" + x.lstrip("-") for x in extra))  # a flat, safe folder name
     name = f"{domain}-lora{tag}-seed{seed}" if method == "lora" else \
         f"{domain}-{method.replace(':', '-')}-s{sparsity:g}{tag}-seed{seed}"
     out = os.path.join(out_root, name)
@@ -64,19 +70,22 @@ def table(out_root):
                 j = json.load(fh)
             c = j["config"]
             import train
-            variant = ",".join(f"{k}={c[k]}" for k in VARIANT_KEYS
-                               if k in c and c[k] != train.DEFAULTS[k] and not (k == "events" and c[k] == [0.33, 0.67, 1.0]))
+            default = train.resolve(train.parse_args(["--domain", c["domain"] or "legal"]))  # resolved defaults
+            variant = ",".join(f"{k}={c[k]}" for k in sorted(c) if k not in NOT_VARIANT and c[k] != vars(default).get(k))
+            lora_part = {k: c.get(k) for k in LORA_KEYS}
             cells[name] = {"domain": c["domain"], "variant": variant,
                            "method": c["method"] + (f":{c['pbs']}" if c["method"] == "xpert" else ""),
                            "sparsity": 0.0 if c["method"] == "lora" else c["sparsity"], "seed": c["seed"],
+                           "lora_part": lora_part,
                            "metrics": {k: v["value"] for k, v in j["metrics"].items()},
                            "context": j["metrics"], "measured_sparsity": j["sparsity"]["overall"],
                            "wall_time_s": j["wall_time_s"], "peak_memory_mb": j["peak_memory_mb"]}
     rows = {}
     for name, c in cells.items():
-        refs = [r for r in cells.values() if r["domain"] == c["domain"] and r["seed"] == c["seed"] and r["method"] == "lora"]
-        # the dense LoRA of the same variant (e.g. rank=64) when there is one, else the default dense LoRA
-        ref = next((r for r in refs if r["variant"] == c["variant"]), next((r for r in refs if not r["variant"]), None))
+        # the dense reference: the lora cell of the same domain and seed trained exactly like this cell
+        # (same rank, steps, lr, ...); a variant such as group=in or calib=general shares the default one
+        ref = next((r for r in cells.values() if r["domain"] == c["domain"] and r["seed"] == c["seed"]
+                    and r["method"] == "lora" and r["lora_part"] == c["lora_part"]), None)
         rel = {m: evaluation.relative(m, v, ref["metrics"].get(m)) for m, v in c["metrics"].items()} if ref else {}
         c["relative"] = rel
         rows.setdefault((c["domain"], c["method"], c["variant"], c["sparsity"]), []).append(c)

@@ -87,7 +87,8 @@ def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_wi
     for name, text in bench.items():
         if isinstance(text, str):
             ids = tok.encode(text[:need_chars], bos=False)
-            ppl(f"{name}_ppl", torch.tensor(ids), f"{name} ({'prefix' if len(text) > need_chars else 'all'})")
+            what = "test minus its calibration tenth" if name == "wikitext2" else "text"
+            ppl(f"{name}_ppl", torch.tensor(ids), f"{name} {what} ({'prefix' if len(text) > need_chars else 'all'})")
     if domain == "health" and "pubmedqa_items" in bench:
         items = bench["pubmedqa_items"][:pubmedqa_n] if pubmedqa_n else bench["pubmedqa_items"]
         acc = data.pubmedqa_accuracy(LogProb(model, tok), tqdm(items, desc="pubmedqa", leave=False,
@@ -238,7 +239,8 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=None, help="evaluation window length (default: the run's, else 256)")
     p.add_argument("--windows", type=int, default=None,
                    help="windows per perplexity, 0 = all (default: the run's --eval-windows, else 32)")
-    p.add_argument("--pubmedqa-n", type=int, default=0, help="PubMedQA questions (0 = all 500)")
+    p.add_argument("--pubmedqa-n", type=int, default=None,
+                   help="PubMedQA questions, 0 = all 500 (default: the run's --pubmedqa-n, else all)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -272,6 +274,7 @@ def main(argv=None):
             domain = a.domain or run.get("domain")
             seq_len = a.seq_len or run.get("seq_len", 256)  # the run's own settings: numbers comparable to run.json
             windows = a.windows if a.windows is not None else run.get("eval_windows", 32)
+            pubmedqa_n = a.pubmedqa_n if a.pubmedqa_n is not None else run.get("pubmedqa_n", 0)
             print(f"{path}: (domain {domain or 'none'}, device {device}/{str(dtype).split('.')[-1]}, "
                   f"seq_len {seq_len}, {windows or 'all'} windows per perplexity)")
             model = LLaMA.from_pretrained(path, device=device, dtype=dtype)
@@ -282,7 +285,7 @@ def main(argv=None):
                                       seed=run.get("seed", 0), max_docs=run.get("max_docs"))  # cache keyed by vocabulary
             # a plain folder with no domain still gets the general-ability check (WikiText-2)
             m = evaluate(model, tok, domain or ("general" if splits is None else None), splits,
-                         a.data_dir or data.default_data_dir(), seq_len, windows or None, a.pubmedqa_n or None,
+                         a.data_dir or data.default_data_dir(), seq_len, windows or None, pubmedqa_n or None,
                          a.batch_size)
             sp = folder_sparsity(path)
             print(f"  {'sparsity (saved)':<22} {sp['overall']:.4f}   (zeros / weights of the 7 projections of every block)")

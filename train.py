@@ -118,6 +118,7 @@ def resolve(args):
             raise UsageError(f"--{name.replace('_', '-')} must be at least 0")
     checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"), ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
               ("ema", 0 < args.ema <= 1, "in (0, 1]"), ("lr", args.lr > 0, "positive"), ("alpha", args.alpha > 0, "positive"),
+              ("pbs_lambda", args.pbs_lambda >= 0, "at least 0"),
               ("max_docs", args.max_docs is None or args.max_docs >= 4, "at least 4 (one document per split)")]
     for name, ok, what in checks:
         if not ok or (isinstance(getattr(args, name), float) and math.isnan(getattr(args, name))):
@@ -234,7 +235,8 @@ def train(args, log):
         calib_tokens = torch.tensor(tok.encode(data.wikitext2_parts(args.data_dir)[1], bos=False))
     else:
         calib_tokens = splits.calib
-    calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed)  # (N, T)
+    calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed,  # (N, T)
+                               name="WikiText-2 calibration tenth" if args.calib == "general" else "calib")
     test_w = data.windows(splits.test, args.seq_len, args.eval_windows or None)  # (W, T)
     event_steps = [min(args.steps, round(f * args.steps)) for f in args.events] \
         if args.method in ("xpert", "foresight") else []
@@ -311,7 +313,7 @@ def train(args, log):
             prune_event(final=False)
             t_tok += time.time() - t_ev  # the bar's tokens/s is the training steps' alone
             model.train()
-            checkpoint()
+            due = True  # checkpointed at the next step, once the folded weights gave a finite loss
         x, y = next(batches)
         rng = rng_state()  # before this step's dropout draws: a checkpoint of the state below replays them
         x, y = x.to(device), y.to(device)
@@ -404,6 +406,7 @@ def main(argv=None):
             f"expert {d.get('value', float('nan')):.3f} ({d.get('split')}, seq_len {args.seq_len}, {d.get('windows')} windows); "
             f"sparsity {report['overall']:.4f}; wall {wall / 60:.1f} min; peak memory {mem:.0f} MB")
         log.file.close()
+        created = False  # from here the folder is a finished expert: never delete it on an error
         if os.path.exists(os.path.join(work, "ckpt.pt")):
             os.remove(os.path.join(work, "ckpt.pt"))
         publish_dir(work, args.out)  # --overwrite: the old folder is replaced only now, atomically
