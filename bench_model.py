@@ -74,24 +74,22 @@ def main():
             m.zero_grad(set_to_none=True)
         return step
 
-    for m in (ours, hf):
-        m.eval()
-    fwd_ours(), fwd_hf()  # warm-up (allocator, kernels)
-    f_ours, f_hf = [], []
-    for _ in range(args.reps):
-        f_ours.append(timed(fwd_ours))
-        f_hf.append(timed(fwd_hf))
-    rows.append((f"forward {args.batch}x{args.seq} tokens/s", f_ours, f_hf, "tok/s"))
+    def interleaved(what, a, b, reps, unit):
+        """One warm-up each (allocator, kernels), then `reps` alternating timed runs of a and b."""
+        a(), b()
+        ta, tb = [], []
+        for _ in range(reps):
+            ta.append(timed(a))
+            tb.append(timed(b))
+        rows.append((what, ta, tb, unit))
 
     for m in (ours, hf):
+        m.eval()
+    interleaved(f"forward {args.batch}x{args.seq} tokens/s", fwd_ours, fwd_hf, args.reps, "tok/s")
+    for m in (ours, hf):
         m.train()
-    t_ours, t_hf = train(ours, False), train(hf, True)
-    t_ours(), t_hf()  # warm-up
-    s_ours, s_hf = [], []
-    for _ in range(max(2, args.reps // 2 + 1)):
-        s_ours.append(timed(t_ours))
-        s_hf.append(timed(t_hf))
-    rows.append((f"train step {args.batch}x{args.seq} (fwd+bwd)", s_ours, s_hf, "s"))
+    steps = max(2, args.reps // 2 + 1)
+    interleaved(f"train step {args.batch}x{args.seq} (fwd+bwd)", train(ours, False), train(hf, True), steps, "s")
 
     # one LoRA training step (r=8, α=16, dropout 0.05 on the seven projections, as train.py's dense phase):
     # ours (xpert.add_lora) vs transformers + peft, when peft is installed (a benchmark-only package)
@@ -105,13 +103,7 @@ def main():
         xpert.lora_parameters(lo_ours)
         lo_hf = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
                                LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=[p.split(".")[-1] for p in M.PROJECTIONS])).train()
-        l_ours, l_hf = train(lo_ours, False), train(lo_hf, True)
-        l_ours(), l_hf()  # warm-up
-        ls_ours, ls_hf = [], []
-        for _ in range(max(2, args.reps // 2 + 1)):
-            ls_ours.append(timed(l_ours))
-            ls_hf.append(timed(l_hf))
-        rows.append((f"LoRA step {args.batch}x{args.seq} (vs peft)", ls_ours, ls_hf, "s"))
+        interleaved(f"LoRA step {args.batch}x{args.seq} (vs peft)", train(lo_ours, False), train(lo_hf, True), steps, "s")
 
     print(f"\nmodel.py vs transformers {__import__('transformers').__version__}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU float32, interleaved runs: best (median)")
