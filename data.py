@@ -527,6 +527,16 @@ def pubmedqa_items(data_dir, split="test"):
     return items
 
 
+def pubmedqa_sample(items, n=None):
+    """n of the test questions for a quicker score: a fixed random sample (the same for every run and seed),
+    in file order. Never the first n: test_ground_truth.json lists all 276 'yes' answers first, so its first
+    100 questions are one class and a model that always says 'yes' would score 1.0. n=None or 0: all."""
+    if not n or n >= len(items):
+        return list(items)
+    keep = np.sort(np.random.default_rng(0x9B3D).choice(len(items), size=n, replace=False))
+    return [items[i] for i in keep]
+
+
 def wikitext2_text(data_dir):
     """WikiText-2 raw test as Wanda/SparseGPT feed it: the Hugging Face dataset's rows (one per line,
     whitespace-only lines as "") joined with "\\n\\n"; CRLF normalised to LF first."""

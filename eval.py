@@ -90,13 +90,15 @@ def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_wi
             what = "test minus its calibration tenth" if name == "wikitext2" else "text"
             ppl(f"{name}_ppl", torch.tensor(ids), f"{name} {what} ({'prefix' if len(text) > need_chars else 'all'})")
     if domain == "health" and "pubmedqa_items" in bench:
-        items = bench["pubmedqa_items"][:pubmedqa_n] if pubmedqa_n else bench["pubmedqa_items"]
+        items = data.pubmedqa_sample(bench["pubmedqa_items"], pubmedqa_n)
         acc = data.pubmedqa_accuracy(LogProb(model, tok), tqdm(items, desc="pubmedqa", leave=False,
                                                                disable=not progress))
-        split = f"PubMedQA official test, {'all ' if len(items) == len(bench['pubmedqa_items']) else 'first '}" \
-                f"{len(items)} of {len(bench['pubmedqa_items'])} questions"
-        metrics["pubmedqa_acc"] = {"value": acc, "split": split, "questions": len(items)}
-        log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   ({split}, zero-shot)")
+        n_all = len(bench["pubmedqa_items"])
+        split = f"PubMedQA official test, {'all' if len(items) == n_all else 'a fixed random'} {len(items)} of {n_all} questions"
+        majority = max(sum(it["answer"] == c for it in items) for c in data.CHOICES) / len(items)
+        metrics["pubmedqa_acc"] = {"value": acc, "split": split, "questions": len(items), "majority_class": majority}
+        log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   ({split}, zero-shot; always answering the commonest "
+            f"answer scores {majority:.3f})")
     return metrics
 
 

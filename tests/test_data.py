@@ -349,3 +349,14 @@ def test_logprob_scorer_equals_full_forward_and_picks_the_likeliest():
     assert data.score_choices(lp, prompt) == best
     assert data.pubmedqa_accuracy(lp, [dict(item, answer=best)]) == 1.0
     assert data.pubmedqa_accuracy(lp, [dict(item, answer=next(c for c in data.CHOICES if c != best))]) == 0.0
+
+
+@needs_assets
+def test_pubmedqa_sample_is_fixed_and_not_one_class():
+    items = data.pubmedqa_items(assets_dir(), "test")
+    assert [it["answer"] for it in items[:100]].count("yes") == 100  # why a prefix would be wrong: sorted file
+    a, b = data.pubmedqa_sample(items, 100), data.pubmedqa_sample(items, 100)
+    assert [x["pmid"] for x in a] == [x["pmid"] for x in b] and len({x["pmid"] for x in a}) == 100
+    share = {c: sum(x["answer"] == c for x in a) / 100 for c in data.CHOICES}
+    assert 0.4 < share["yes"] < 0.7 and share["no"] > 0.2 and share["maybe"] > 0.03, share  # ~55/34/11 overall
+    assert data.pubmedqa_sample(items, 0) == items == data.pubmedqa_sample(items, 600)
