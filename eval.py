@@ -206,6 +206,15 @@ def mask_overlap(paths, png=None):
             for bi in blocks:
                 out.append(f"| {bi} | " + " | ".join(f"{v:.3f}" for v in grid[bi].tolist()) + f" | {grid[bi].mean():.3f} |")
             out.append("| mean | " + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist()) + f" | {grid.mean():.3f} |")
+    if len(grids) > 1 or len(blocks) >= 3:  # one line per pair: where in the network the masks agree
+        thirds = [blocks[i * len(blocks) // 3:(i + 1) * len(blocks) // 3] for i in range(3)]
+        out.append("\n### summary: mean pruned-position IoU per pair, by projection and by depth\n")
+        out.append("| pair | all | " + " | ".join(q.split(".")[1] for q in PROJECTIONS)
+                   + " | " + " | ".join(f"blocks {t[0]}-{t[-1]}" for t in thirds) + " |")
+        out.append("|---" * (len(PROJECTIONS) + 5) + "|")
+        for title, grid in grids.items():
+            out.append(f"| {title} | {grid.mean():.3f} | " + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist())
+                       + " | " + " | ".join(f"{grid[t].mean():.3f}" for t in thirds) + " |")
     if png:
         try:
             import matplotlib

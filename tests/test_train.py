@@ -308,6 +308,9 @@ def test_mask_overlap_matches_direct_iou_and_refuses_bad_pairs(tiny_model_dir, c
             a, c = masks[0][(b, p)], masks[1][(b, p)]
             iou = (a & c).sum().item() / (a | c).sum().item()  # the direct computation
             assert abs(float(cells[1 + j]) - iou) < 6e-4, (b, p)
+    summary = [l for l in r.stdout.splitlines() if l.startswith("| run0 vs run1 |")]
+    direct = [(masks[0][k] & masks[1][k]).sum().item() / (masks[0][k] | masks[1][k]).sum().item() for k in masks[0]]
+    assert len(summary) == 1 and abs(float(summary[0].split("|")[2]) - sum(direct) / len(direct)) < 6e-4
     # refusals: one run, a dense folder, another sparsity
     dense = tiny_model_dir
     m = LLaMA.from_pretrained(tiny_model_dir)
