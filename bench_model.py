@@ -75,12 +75,14 @@ def main():
         return step
 
     def interleaved(what, a, b, reps, unit):
-        """One warm-up each (allocator, kernels), then `reps` alternating timed runs of a and b."""
+        """One warm-up each (allocator, kernels), then `reps` timed runs of each, in the order a b, b a, a b, ...
+        (whichever runs second after the other can find caches warm or the allocator fragmented: alternating
+        cancels that)."""
         a(), b()
         ta, tb = [], []
-        for _ in range(reps):
-            ta.append(timed(a))
-            tb.append(timed(b))
+        for i in range(reps):
+            for f, out in (((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))):
+                out.append(timed(f))
         rows.append((what, ta, tb, unit))
 
     for m in (ours, hf):
@@ -88,7 +90,7 @@ def main():
     interleaved(f"forward {args.batch}x{args.seq} tokens/s", fwd_ours, fwd_hf, args.reps, "tok/s")
     for m in (ours, hf):
         m.train()
-    steps = max(2, args.reps // 2 + 1)
+    steps = max(4, args.reps)
     interleaved(f"train step {args.batch}x{args.seq} (fwd+bwd)", train(ours, False), train(hf, True), steps, "s")
 
     # one LoRA training step (r=8, α=16, dropout 0.05 on the seven projections, as train.py's dense phase):
@@ -99,6 +101,7 @@ def main():
         print("peft is not installed (pip install peft): no LoRA-step comparison")
     else:
         import xpert
+        del ours, hf  # only the two LoRA models in memory from here
         lo_ours = xpert.add_lora(M.LLaMA.from_pretrained(path), rank=8, alpha=16, dropout=0.05).train()
         xpert.lora_parameters(lo_ours)
         lo_hf = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),

@@ -222,7 +222,9 @@ class LoRALinear(nn.Module):
             return self._masked_forward(x)
         # nothing pruned (the dense phase before the first event, the lora baselines): both modes are
         # plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ — the same function as the exact form, at LoRA's cost
-        return F.linear(x, self.weight) + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        # (add_ with alpha: the scale and the sum in one pass over the output; F.linear's output is not saved
+        # for backward, so adding into it in place is safe)
+        return F.linear(x, self.weight).add_(F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B), alpha=self.scale)
 
     def _masked_forward(self, x):
         Wm = self.weight * self.mask
