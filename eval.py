@@ -226,7 +226,7 @@ def mask_overlap(paths, png=None):
             fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 0.25 * len(blocks) + 2), squeeze=False)
             for ax, (title, grid) in zip(axes[0], grids.items()):
                 im = ax.imshow(grid.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
-                ax.set_title(title, fontsize=8)
+                ax.set_title(title.replace(" vs ", "\nvs "), fontsize=7)
                 ax.set_xticks(range(len(PROJECTIONS)), [q.split(".")[1] for q in PROJECTIONS], rotation=60, fontsize=7)
                 ax.set_ylabel("block")
             fig.colorbar(im, ax=axes[0].tolist(), label="IoU of pruned positions")
