@@ -104,8 +104,10 @@ def table(out_root):
         # rate (~0.5 on the sample) before and after training, so its ratio is noise, shown but not averaged
         means = [statistics.mean(v for m, v in c["relative"].items() if v is not None and m.endswith("_ppl"))
                  for c in cs if any(v is not None for m, v in c["relative"].items() if m.endswith("_ppl"))]
-        lines.append(f"| {domain} | {method} | {variant or 'default'} | {sp:g} | {len(cs)} | {fmt('domain_test_ppl')} | {fmt('wikitext2_ppl')} | "
-                     "; ".join(f"{b}: {fmt(b)}" for b in bench) + " | " + (f"{100 * statistics.mean(means):.1f}%" if means else "–") + " |")
+        bench_cells = "; ".join(f"{b}: {fmt(b)}" for b in bench)
+        rel = f"{100 * statistics.mean(means):.1f}%" if means else "–"
+        lines.append(f"| {domain} | {method} | {variant or 'default'} | {sp:g} | {len(cs)} | {fmt('domain_test_ppl')} | "
+                     f"{fmt('wikitext2_ppl')} | {bench_cells} | {rel} |")
     with open(os.path.join(out_root, "results.json"), "w") as f:
         json.dump(cells, f, indent=2)
     md = "\n".join(lines)
