@@ -324,3 +324,30 @@ def test_mask_overlap_matches_direct_iou_and_refuses_bad_pairs(tiny_model_dir, c
                           ([folders[0], str(tmp_path / "quarter")], "differs")):
         r = run(["eval.py", "--mask-overlap", *paths], cache)
         assert r.returncode == 2 and needle in r.stderr and len(messages(r.stderr)) == 1, r.stderr
+
+
+def test_bench_table_relative_to_the_matching_dense_run(tmp_path):
+    # bench.py's results table: each cell relative to the dense lora run of its domain and seed trained with
+    # the same LoRA settings (PAPER.md §7: dense ppl / ppl, acc / dense acc); a variant gets its own row
+    import bench
+    import train
+
+    def cell(name, method, ppl, acc=None, **cfg):
+        cfg = {**vars(train.resolve(train.parse_args(["--domain", "health"]))), "method": method, **cfg}
+        metrics = {"domain_test_ppl": {"value": ppl}, "wikitext2_ppl": {"value": 2 * ppl}}
+        if acc is not None:
+            metrics["pubmedqa_acc"] = {"value": acc}
+        os.makedirs(tmp_path / name)
+        json.dump({"config": cfg, "metrics": metrics, "sparsity": {"overall": 0.4}, "wall_time_s": 1,
+                   "peak_memory_mb": 1}, open(tmp_path / name / "run.json", "w"))
+    cell("lora", "lora", 10.0, acc=0.5)
+    cell("xp", "xpert", 12.5, acc=0.4)
+    cell("xp-in", "xpert", 11.0, acc=0.5, group="in")
+    cell("xp-r64", "xpert", 11.0, acc=0.5, rank=64)  # no dense rank-64 run: no relative numbers
+    rows = {tuple(c.strip() for c in l.strip("|").split("|")[1:3]): l for l in bench.table(str(tmp_path)).splitlines()
+            if l.startswith("| health")}
+    assert "12.500 (80.0%)" in rows[("xpert:output", "default")] and "0.400 (80.0%)" in rows[("xpert:output", "default")]
+    assert rows[("xpert:output", "default")].rstrip(" |").endswith("80.0%")  # mean of the two ppl ratios, not acc
+    assert "(90.9%)" in rows[("xpert:output", "group=in")]
+    assert "%" not in rows[("xpert:output", "rank=64")] and rows[("xpert:output", "rank=64")].rstrip(" |").endswith("–")
+    assert json.load(open(tmp_path / "results.json"))["xp"]["relative"]["domain_test_ppl"] == 0.8
