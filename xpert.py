@@ -542,7 +542,8 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01):
     column with Optimal Brain Surgeon updates of the not-yet-processed columns, H = XᵀX (the Hessian
     of ‖(W − Ŵ)Xᵀ‖² up to 2). Damping: percdamp·mean(diag H). The mask is chosen per block of
     `blocksize` columns by w²/[H⁻¹]_cc² (top-k, not a threshold), each block pruning what brings the
-    running total to floor(p·m·columns so far), so the matrix holds exactly floor(p·m·n) zeros; with nm=(N, M), N of every M consecutive inputs of a row, chosen as the run is reached.
+    running total to floor(p·m·columns so far), so the matrix holds exactly floor(p·m·n) zeros; with
+    nm=(N, M), N of every M consecutive inputs of a row, chosen as the run is reached.
     Returns (Ŵ, keep mask). Works in W's dtype (float32 or float64)."""
     W = W.clone()
     H = H.to(W.dtype).clone()
