@@ -6,6 +6,7 @@ PubMedQA accuracy, and the sparsity of the saved weights. Every number is printe
     python eval.py out/legal-xpert-s0.4                 # a run (or any Llama folder)
     python eval.py --compare out/legal-lora out/legal-xpert-s0.4 ...
     python eval.py --mask-overlap out/legal-xpert-s0.4 out/health-xpert-s0.4
+    python eval.py <model folder> --domain legal --prune wanda --sparsity 0.4   # pruning alone, no training
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import xpert
 from model import LLaMA, ModelError, Tokenizer
 
 
@@ -255,6 +257,10 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--prune", choices=("magnitude", "wanda", "sparsegpt"),
+                   help="prune the folder one-shot first (no training): what pruning alone costs, e.g. the base model")
+    p.add_argument("--sparsity", type=float, default=0.4, help="with --prune")
+    p.add_argument("--calib-samples", type=int, default=16, help="with --prune: windows of the domain's calib split")
     p.add_argument("--out", help="write the metrics as JSON here")
     a = p.parse_args(argv)
     try:
@@ -271,6 +277,8 @@ def main(argv=None):
                 raise ModelError("--mask-overlap needs at least two runs to compare")
             print(mask_overlap(a.paths, a.png))
             return 0
+        if a.prune and not (0 <= a.sparsity < 1):
+            raise ModelError(f"--sparsity must be in [0, 1), got {a.sparsity}")
         if a.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ModelError(f"--dtype must be auto, float32, bfloat16 or float16, got {a.dtype!r}")
         device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
@@ -294,13 +302,21 @@ def main(argv=None):
             if domain or run.get("data"):
                 splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
                                       seed=run.get("seed", 0), max_docs=run.get("max_docs"))  # cache keyed by vocabulary
+            if a.prune:  # the one-shot baselines of PAPER.md §6 on this folder's weights, calibrated on the domain
+                if splits is None:
+                    raise ModelError("--prune needs a domain (--domain legal/health) for its calibration text")
+                calib = data.calib_windows(splits.calib, a.calib_samples, seq_len, run.get("seed", 0))  # (N, T)
+                xpert.prune_oneshot(model, calib, a.prune, a.sparsity)
+                print(f"  pruned one-shot with {a.prune} at {a.sparsity:g} ({len(calib)}×{seq_len} calibration tokens, "
+                      f"{domain} calib split): sparsity {xpert.sparsity_report(model)['overall']:.4f}")
             # a plain folder with no domain still gets the general-ability check (WikiText-2)
             m = evaluate(model, tok, domain or ("general" if splits is None else None), splits,
                          a.data_dir or data.default_data_dir(), seq_len, windows or None, pubmedqa_n or None,
                          a.batch_size)
-            sp = folder_sparsity(path)
-            print(f"  {'sparsity (saved)':<22} {sp['overall']:.4f}   (zeros / weights of the 7 projections of every block)")
-            results[path] = {"metrics": m, "sparsity": sp["overall"]}
+            sp = xpert.sparsity_report(model)["overall"] if a.prune else folder_sparsity(path)["overall"]
+            print(f"  {'sparsity (pruned)' if a.prune else 'sparsity (saved)':<22} {sp:.4f}   "
+                  "(zeros / weights of the 7 projections of every block)")
+            results[path] = {"metrics": m, "sparsity": sp, **({"pruned": [a.prune, a.sparsity]} if a.prune else {})}
         if a.out:
             with open(a.out, "w") as f:
                 json.dump(results, f, indent=2)
