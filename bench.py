@@ -62,6 +62,8 @@ def run_cell(out_root, domain, method, sparsity, seed, extra):
 
 def table(out_root):
     """results.json + a markdown table (relative to the dense lora run of the same domain and seed)."""
+    import train
+    default = vars(train.resolve(train.parse_args(["--domain", "legal"])))  # the resolved defaults (domain is no variant)
     cells = {}
     for name in sorted(os.listdir(out_root)):
         f = os.path.join(out_root, name, "run.json")
@@ -69,9 +71,7 @@ def table(out_root):
             with open(f) as fh:
                 j = json.load(fh)
             c = j["config"]
-            import train
-            default = train.resolve(train.parse_args(["--domain", c["domain"] or "legal"]))  # resolved defaults
-            variant = ",".join(f"{k}={c[k]}" for k in sorted(c) if k not in NOT_VARIANT and c[k] != vars(default).get(k))
+            variant = ",".join(f"{k}={c[k]}" for k in sorted(c) if k not in NOT_VARIANT and c[k] != default.get(k))
             lora_part = {k: c.get(k) for k in LORA_KEYS}
             cells[name] = {"domain": c["domain"], "variant": variant,
                            "method": c["method"] + (f":{c['pbs']}" if c["method"] == "xpert" else ""),
