@@ -29,10 +29,10 @@ GRID_METHODS = ["lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda
 
 
 # config keys that do not make a cell a variant: what the grid itself varies, and bookkeeping. Every other
-# option that differs from train.py's DEFAULTS (group, rank, calib, steps, seq_len, model, ...) gives the
-# cell a row of its own, so cells with different settings never share a row or a mean.
+# option that differs from train.py's DEFAULTS (group, rank, calib, events, steps, seq_len, model, ...) gives
+# the cell a row of its own, so cells with different settings never share a row or a mean.
 NOT_VARIANT = ("domain", "method", "pbs", "sparsity", "seed", "out", "resume", "overwrite", "ckpt_every", "device",
-               "data_dir", "eval_windows", "pubmedqa_n", "events")
+               "data_dir", "eval_windows", "pubmedqa_n")
 LORA_KEYS = ("rank", "alpha", "dropout", "lr", "warmup", "steps", "batch_size", "seq_len", "model", "data", "max_docs",
              "dtype")  # what the dense reference must share with a cell
 

@@ -344,11 +344,13 @@ def test_bench_table_relative_to_the_matching_dense_run(tmp_path):
     cell("xp", "xpert", 12.5, acc=0.4)
     cell("xp-in", "xpert", 11.0, acc=0.5, group="in")
     cell("xp-r64", "xpert", 11.0, acc=0.5, rank=64)  # no dense rank-64 run: no relative numbers
+    cell("xp-ev", "xpert", 10.0, acc=0.5, events=[0.04, 1.0])  # another schedule: its own row, the default dense ref
     rows = {tuple(c.strip() for c in l.strip("|").split("|")[1:3]): l for l in bench.table(str(tmp_path)).splitlines()
             if l.startswith("| health")}
     assert "12.500 (80.0%)" in rows[("xpert:output", "default")] and "0.400 (80.0%)" in rows[("xpert:output", "default")]
     assert rows[("xpert:output", "default")].rstrip(" |").endswith("80.0%")  # mean of the two ppl ratios, not acc
     assert "(90.9%)" in rows[("xpert:output", "group=in")]
+    assert "10.000 (100.0%)" in rows[("xpert:output", "events=[0.04, 1.0]")]
     assert "%" not in rows[("xpert:output", "rank=64")] and rows[("xpert:output", "rank=64")].rstrip(" |").endswith("–")
     assert json.load(open(tmp_path / "results.json"))["xp"]["relative"]["domain_test_ppl"] == 0.8
 
