@@ -63,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--pbs-lambda", type=float, help="PBS ridge λ")
     p.add_argument("--ema", type=float, help="EMA η of ForeSight scores across prune events")
     p.add_argument("--events", help="comma-separated fractions of training at which prune events happen; "
-                                    "1.0 = the final event (no PBS)")
+                                    "1.0 = the final event (no PBS). Default: the paper's schedule; in short runs "
+                                    "an early first event (0.04,1.0) leaves more steps to repair (README, grid)")
     p.add_argument("--rank", type=int, help="LoRA rank r")
     p.add_argument("--alpha", type=float, help="LoRA α (scale α/r)")
     p.add_argument("--dropout", type=float, help="LoRA dropout")
