@@ -307,13 +307,14 @@ def main(argv=None):
                     raise ModelError("--prune needs a domain (--domain legal/health) for its calibration text")
                 calib = data.calib_windows(splits.calib, a.calib_samples, seq_len, run.get("seed", 0))  # (N, T)
                 xpert.prune_oneshot(model, calib, a.prune, a.sparsity)
+                pruned_sp = xpert.sparsity_report(model)["overall"]  # measured once: the weights do not change below
                 print(f"  pruned one-shot with {a.prune} at {a.sparsity:g} ({len(calib)}×{seq_len} calibration tokens, "
-                      f"{domain} calib split): sparsity {xpert.sparsity_report(model)['overall']:.4f}")
+                      f"{domain} calib split): sparsity {pruned_sp:.4f}")
             # a plain folder with no domain still gets the general-ability check (WikiText-2)
             m = evaluate(model, tok, domain or ("general" if splits is None else None), splits,
                          a.data_dir or data.default_data_dir(), seq_len, windows or None, pubmedqa_n or None,
                          a.batch_size)
-            sp = xpert.sparsity_report(model)["overall"] if a.prune else folder_sparsity(path)["overall"]
+            sp = pruned_sp if a.prune else folder_sparsity(path)["overall"]
             print(f"  {'sparsity (pruned)' if a.prune else 'sparsity (saved)':<22} {sp:.4f}   "
                   "(zeros / weights of the 7 projections of every block)")
             results[path] = {"metrics": m, "sparsity": sp, **({"pruned": [a.prune, a.sparsity]} if a.prune else {})}
