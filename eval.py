@@ -19,7 +19,9 @@ from tqdm import tqdm
 
 import data
 import xpert
-from model import LLaMA, ModelError, Tokenizer
+from fileio import paths
+from fileio.hf import load_state_dict
+from model import PROJECTIONS, LLaMA, ModelError, Tokenizer
 
 
 # -----------------------------------------------------------------------------
@@ -109,7 +111,6 @@ def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_wi
 
 def folder_sparsity(path):
     """Fraction of zeros of every adapted projection in a saved folder: per block/projection and overall."""
-    from model import PROJECTIONS, load_state_dict
     sd = load_state_dict(path)
     per, zeros, total = {}, 0, 0
     for k, v in sd.items():
@@ -121,209 +122,93 @@ def folder_sparsity(path):
 
 
 # -----------------------------------------------------------------------------
-# --compare: one markdown table, relative performance against the dense lora run (PAPER.md §7)
-
-HIGHER_IS_BETTER = ("acc",)
-
-
-def relative(metric, value, ref):
-    """PAPER.md §7: pruned/dense for accuracies, dense/pruned for perplexities (so both read 'x% of dense')."""
-    if ref is None or value is None:
-        return None
-    return value / ref if metric.endswith(HIGHER_IS_BETTER) else ref / value
-
-
-def compare(runs):
-    loaded = []
-    for r in runs:
-        f = os.path.join(r, "run.json")
-        if not os.path.exists(f):
-            raise ModelError(f"{r}: no run.json (is this a train.py output folder?)")
-        with open(f) as fh:
-            loaded.append((r, json.load(fh)))
-    ref = next((j for _, j in loaded if j["config"]["method"] == "lora"), None)
-    names = sorted({m for _, j in loaded for m in j["metrics"]})
-    head = ["run", "method", "sparsity"] + names + (["rel. (mean)"] if ref else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r, j in loaded:
-        row = [os.path.basename(r.rstrip("/")), j["config"]["method"], f"{j['sparsity']['overall']:.3f}"]
-        rels = []
-        for m in names:
-            v = j["metrics"].get(m, {}).get("value")
-            rel = relative(m, v, ref["metrics"].get(m, {}).get("value") if ref else None)
-            if rel is not None:
-                rels.append(rel)
-            row.append("–" if v is None else f"{v:.3f}" + (f" ({100 * rel:.1f}%)" if rel is not None else ""))
-        if ref:
-            row.append(f"{100 * sum(rels) / len(rels):.1f}%" if rels else "–")
-        lines.append("| " + " | ".join(row) + " |")
-    ctx = {m: next((j["metrics"][m] for _, j in loaded if m in j["metrics"]), {}) for m in names}
-    notes = [f"- {m}: {c.get('split', '')}" + (f", seq_len {c['seq_len']}, {c['windows']} windows" if "windows" in c
-                                               else f", {c.get('questions', '?')} questions") for m, c in ctx.items()]
-    ref_note = "relative = dense-LoRA ppl / ppl, or acc / dense-LoRA acc (PAPER.md §7)" if ref else \
-        "no `lora` run given: relative performance needs the dense reference"
-    return "\n".join(lines + ["", ref_note] + notes)
-
-
-# -----------------------------------------------------------------------------
-# --mask-overlap: does the mask move with the domain? (PAPER.md §7, the paper's structural-shift analysis)
-
-def mask_overlap(paths, png=None):
-    """IoU of the *pruned* positions of every adapted matrix between each pair of runs. Chance level for
-    two independent masks at sparsity p is p / (2 - p): printed beside, so 'high' means something."""
-    from model import PROJECTIONS, load_state_dict
-    masks = []
-    for path in paths:
-        sd = load_state_dict(path)
-        masks.append({k[len("model."):-len(".weight")]: (v == 0) for k, v in sd.items()
-                      if ".layers." in k and any(k.endswith(p + ".weight") for p in PROJECTIONS)})
-    keys = list(masks[0])
-    for path, m in zip(paths[1:], masks[1:]):
-        if list(m) != keys or any(m[k].shape != masks[0][k].shape for k in keys):
-            raise ModelError(f"{path}: not the same architecture as {paths[0]}")
-    sparsity = [sum(int(m[k].sum()) for k in keys) / sum(m[k].numel() for k in keys) for m in masks]
-    for path, sp in zip(paths, sparsity):
-        if sp == 0:
-            raise ModelError(f"{path}: no pruned weights (a dense run has no mask to compare)")
-        if abs(sp - sparsity[0]) > 1e-3:  # IoU and its chance level only mean something at one sparsity
-            raise ModelError(f"{path}: sparsity {sp:.4f} differs from {paths[0]}'s {sparsity[0]:.4f}")
-    names = [os.path.basename(p.rstrip("/")) for p in paths]
-    blocks = sorted({int(k.split(".")[1]) for k in keys})
-    out = []
-    grids = {}
-    for i in range(len(paths)):
-        for j in range(i + 1, len(paths)):
-            a, b = masks[i], masks[j]
-            grid = torch.zeros(len(blocks), len(PROJECTIONS))  # (blocks, 7) IoU per matrix
-            for k in keys:
-                inter = (a[k] & b[k]).sum().item()
-                union = (a[k] | b[k]).sum().item()
-                grid[int(k.split(".")[1]), PROJECTIONS.index(".".join(k.split(".")[2:]))] = inter / max(1, union)
-            p = sum(a[k].sum().item() for k in keys) / sum(a[k].numel() for k in keys)
-            grids[f"{names[i]} vs {names[j]}"] = grid
-            out.append(f"\n### pruned-position IoU: {names[i]} vs {names[j]}  (sparsity {p:.3f}; chance {p / (2 - p):.3f};"
-                       f" mean {grid.mean():.3f})\n")
-            out.append("| block | " + " | ".join(q.split(".")[1] for q in PROJECTIONS) + " | mean |")
-            out.append("|---" * (len(PROJECTIONS) + 2) + "|")
-            for bi in blocks:
-                out.append(f"| {bi} | " + " | ".join(f"{v:.3f}" for v in grid[bi].tolist()) + f" | {grid[bi].mean():.3f} |")
-            out.append("| mean | " + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist()) + f" | {grid.mean():.3f} |")
-    if len(grids) > 1 or len(blocks) >= 3:  # one line per pair: where in the network the masks agree
-        thirds = [blocks[i * len(blocks) // 3:(i + 1) * len(blocks) // 3] for i in range(3)]
-        out.append("\n### summary: mean pruned-position IoU per pair, by projection and by depth\n")
-        out.append("| pair | all | " + " | ".join(q.split(".")[1] for q in PROJECTIONS)
-                   + " | " + " | ".join(f"blocks {t[0]}-{t[-1]}" for t in thirds) + " |")
-        out.append("|---" * (len(PROJECTIONS) + 5) + "|")
-        for title, grid in grids.items():
-            out.append(f"| {title} | {grid.mean():.3f} | " + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist())
-                       + " | " + " | ".join(f"{grid[t].mean():.3f}" for t in thirds) + " |")
-    if png:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            out.append(f"\n(no heatmap: matplotlib is not installed; `pip install matplotlib` for {png})")
-        else:
-            fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 0.25 * len(blocks) + 2), squeeze=False)
-            for ax, (title, grid) in zip(axes[0], grids.items()):
-                im = ax.imshow(grid.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
-                ax.set_title(title.replace(" vs ", "\nvs "), fontsize=7)
-                ax.set_xticks(range(len(PROJECTIONS)), [q.split(".")[1] for q in PROJECTIONS], rotation=60, fontsize=7)
-                ax.set_ylabel("block")
-            fig.colorbar(im, ax=axes[0].tolist(), label="IoU of pruned positions")
-            fig.savefig(png, dpi=120, bbox_inches="tight")
-            out.append(f"\nheatmap: {png}")
-    return "\n".join(out)
-
-
-# -----------------------------------------------------------------------------
-# the command line
+# the command line (--compare and --mask-overlap: bench/report.py)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a train.py run or any Llama folder; compare runs; mask overlap.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("paths", nargs="*", help="a run / model folder (or several with --compare / --mask-overlap)")
-    p.add_argument("--compare", action="store_true", help="markdown table of several runs' run.json metrics")
-    p.add_argument("--mask-overlap", action="store_true", help="per-matrix IoU of the pruning masks of several runs")
-    p.add_argument("--png", help="with --mask-overlap: save a heatmap here (needs matplotlib)")
-    p.add_argument("--domain", choices=data.DOMAINS, help="domain of the benchmark sets (default: the run's)")
-    p.add_argument("--data-dir", default=None, help="benchmark assets; default ../shared/assets if present")
-    p.add_argument("--seq-len", type=int, default=None, help="evaluation window length (default: the run's, else 256)")
-    p.add_argument("--windows", type=int, default=None,
-                   help="windows per perplexity, 0 = all (default: the run's --eval-windows, else 32)")
-    p.add_argument("--pubmedqa-n", type=int, default=None,
-                   help="PubMedQA questions, 0 = all 500 (default: the run's --pubmedqa-n, else all)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--prune", choices=("magnitude", "wanda", "sparsegpt"),
-                   help="prune the folder one-shot first (no training): what pruning alone costs, e.g. the base model")
-    p.add_argument("--sparsity", type=float, default=0.4, help="with --prune")
-    p.add_argument("--calib-samples", type=int, default=16, help="with --prune: windows of the domain's calib split")
-    p.add_argument("--out", help="write the metrics as JSON here")
-    a = p.parse_args(argv)
+    a = p.add_argument
+    a("paths", nargs="*", help="a run / model folder (or several with --compare / --mask-overlap)")
+    a("--compare", action="store_true", help="markdown table of several runs' run.json metrics")
+    a("--mask-overlap", action="store_true", help="per-matrix IoU of the pruning masks of several runs")
+    a("--png", help="with --mask-overlap: save a heatmap here (needs matplotlib)")
+    a("--domain", choices=data.DOMAINS, help="domain of the benchmark sets (default: the run's)")
+    a("--data-dir", default=None, help="benchmark assets; default $XPERT_ASSETS, ../shared/assets, assets/")
+    a("--seq-len", type=int, default=None, help="evaluation window length (default: the run's, else 256)")
+    a("--windows", type=int, default=None, help="windows per perplexity, 0 = all (default: the run's --eval-windows, else 32)")
+    a("--pubmedqa-n", type=int, default=None, help="PubMedQA questions, 0 = all 500 (default: the run's --pubmedqa-n, else all)")
+    a("--batch-size", type=int, default=4)
+    a("--device", default="auto")
+    a("--dtype", default="auto")
+    a("--prune", choices=("magnitude", "wanda", "sparsegpt"),
+      help="prune the folder one-shot first (no training): what pruning alone costs, e.g. the base model")
+    a("--sparsity", type=float, default=0.4, help="with --prune")
+    a("--calib-samples", type=int, default=16, help="with --prune: windows of the domain's calib split")
+    a("--out", help="write the metrics as JSON here")
+    args = p.parse_args(argv)
     try:
-        if not a.paths:
+        from bench import report
+        if not args.paths:
             raise ModelError("give a model folder (or runs with --compare / --mask-overlap)")
-        for path in a.paths:
+        for path in args.paths:
             if not os.path.isdir(path):
                 raise ModelError(f"not a folder: {path}")
-        if a.compare:
-            print(compare(a.paths))
-            return 0
-        if a.mask_overlap:
-            if len(a.paths) < 2:
+        if args.compare or args.mask_overlap:
+            if args.mask_overlap and len(args.paths) < 2:
                 raise ModelError("--mask-overlap needs at least two runs to compare")
-            print(mask_overlap(a.paths, a.png))
+            print(report.compare(args.paths) if args.compare else report.mask_overlap(args.paths, args.png))
             return 0
-        if a.prune and not (0 <= a.sparsity < 1):
-            raise ModelError(f"--sparsity must be in [0, 1), got {a.sparsity}")
-        if a.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ModelError(f"--dtype must be auto, float32, bfloat16 or float16, got {a.dtype!r}")
-        device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
-        dtype = getattr(torch, "bfloat16" if a.dtype == "auto" and device.startswith("cuda") else
-                        ("float32" if a.dtype == "auto" else a.dtype))
+        if args.prune and not (0 <= args.sparsity < 1):
+            raise ModelError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+        if args.data_dir is not None and not os.path.isdir(args.data_dir):
+            raise ModelError(f"--data-dir {args.data_dir}: no such folder")
+        if args.out:  # an unwritable --out fails now, not after the whole evaluation
+            existed = os.path.exists(args.out)
+            open(args.out, "a").close()
+            if not existed:
+                os.remove(args.out)
+        device, dtype = paths.device_dtype(args.device, args.dtype)
         results = {}
-        for path in a.paths:
-            run = {}
-            if os.path.exists(os.path.join(path, "run.json")):
-                with open(os.path.join(path, "run.json")) as f:
-                    run = json.load(f)["config"]
-            domain = a.domain or run.get("domain")
-            seq_len = a.seq_len or run.get("seq_len", 256)  # the run's own settings: numbers comparable to run.json
-            windows = a.windows if a.windows is not None else run.get("eval_windows", 32)
-            pubmedqa_n = a.pubmedqa_n if a.pubmedqa_n is not None else run.get("pubmedqa_n", 0)
-            print(f"{path}: (domain {domain or 'none'}, device {device}/{str(dtype).split('.')[-1]}, "
-                  f"seq_len {seq_len}, {windows or 'all'} windows per perplexity)")
-            model = LLaMA.from_pretrained(path, device=device, dtype=dtype)
+        for path in args.paths:
+            run = report.read_run(path)["config"] if os.path.exists(os.path.join(path, "run.json")) else {}
+            domain = args.domain or run.get("domain")
+            seq_len = args.seq_len or run.get("seq_len", 256)  # the run's own settings: numbers comparable to run.json
+            windows = args.windows if args.windows is not None else run.get("eval_windows", 32)
+            pubmedqa_n = args.pubmedqa_n if args.pubmedqa_n is not None else run.get("pubmedqa_n", 0)
+            print(f"{path}: (domain {domain or 'none'}, device {device}/{dtype}, seq_len {seq_len}, "
+                  f"{windows or 'all'} windows per perplexity)")
+            model = LLaMA.from_pretrained(path, device=device, dtype=getattr(torch, dtype))
             tok = Tokenizer(path)
             splits = None
-            if domain or run.get("data"):
+            if domain or run.get("data"):  # the cache is keyed by vocabulary: the run's own splits come back
                 splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
-                                      seed=run.get("seed", 0), max_docs=run.get("max_docs"))  # cache keyed by vocabulary
-            if a.prune:  # the one-shot baselines of PAPER.md §6 on this folder's weights, calibrated on the domain
+                                      seed=run.get("seed", 0), max_docs=run.get("max_docs"),
+                                      max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
+            if args.prune:  # the one-shot baselines of PAPER.md §6 on this folder's weights, calibrated on the domain
                 if splits is None:
                     raise ModelError("--prune needs a domain (--domain legal/health) for its calibration text")
-                calib = data.calib_windows(splits.calib, a.calib_samples, seq_len, run.get("seed", 0))  # (N, T)
-                xpert.prune_oneshot(model, calib, a.prune, a.sparsity)
-                pruned_sp = xpert.sparsity_report(model)["overall"]  # measured once: the weights do not change below
-                print(f"  pruned one-shot with {a.prune} at {a.sparsity:g} ({len(calib)}×{seq_len} calibration tokens, "
-                      f"{domain} calib split): sparsity {pruned_sp:.4f}")
+                calib = data.calib_windows(splits.calib, args.calib_samples, seq_len, run.get("seed", 0))  # (N, T)
+                xpert.prune_oneshot(model, calib, args.prune, args.sparsity)
+                sp = xpert.sparsity_report(model)["overall"]  # measured once: the weights do not change below
+                print(f"  pruned one-shot with {args.prune} at {args.sparsity:g} ({len(calib)}×{seq_len} calibration "
+                      f"tokens, {domain} calib split): sparsity {sp:.4f}")
+            else:
+                sp = folder_sparsity(path)["overall"]
             # a plain folder with no domain still gets the general-ability check (WikiText-2)
             m = evaluate(model, tok, domain or ("general" if splits is None else None), splits,
-                         a.data_dir or data.default_data_dir(), seq_len, windows or None, pubmedqa_n or None,
-                         a.batch_size)
-            sp = pruned_sp if a.prune else folder_sparsity(path)["overall"]
-            print(f"  {'sparsity (pruned)' if a.prune else 'sparsity (saved)':<22} {sp:.4f}   "
+                         args.data_dir or paths.assets_dir(), seq_len, windows or None, pubmedqa_n or None, args.batch_size)
+            print(f"  {'sparsity (pruned)' if args.prune else 'sparsity (saved)':<22} {sp:.4f}   "
                   "(zeros / weights of the 7 projections of every block)")
-            results[path] = {"metrics": m, "sparsity": sp, **({"pruned": [a.prune, a.sparsity]} if a.prune else {})}
-        if a.out:
-            with open(a.out, "w") as f:
+            results[path] = {"metrics": m, "sparsity": sp, **({"pruned": [args.prune, args.sparsity]} if args.prune else {})}
+        if args.out:
+            with open(args.out, "w") as f:
                 json.dump(results, f, indent=2)
         return 0
-    except (ModelError, data.DataError) as e:
+    except (ModelError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

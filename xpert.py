@@ -11,14 +11,13 @@ loading, no training loop. The pieces, in order:
     §5  Partial Brain Surgeon, both readings, PCA init of A        pbs_output, pbs_diag, pca_A
     §3  the prune event                                            prune_event
     §6  one-shot baselines: magnitude, Wanda, SparseGPT           prune_oneshot, sparsegpt_prune
-        sparsity measured from the weights                        sparsity_report, format_sparsity
+        sparsity measured from the weights                        sparsity_report
 
 Layout (PAPER.md §2): a linear layer computes y = x Wᵀ with W (m outputs × n inputs); LoRA B (m×r),
 A (r×n), scale s = α/r; effective weight U = W + s·B·A; mask M (True = keep); X (N tokens × n) the
 calibration inputs of a layer, ‖X_c‖² its column energy and H = XᵀX its Gram matrix.
 """
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -47,12 +46,6 @@ def layer_name(b, proj):
 def _f32(t):
     """At least float32 (bf16/fp16 weights are scored and folded in float32; float64 stays float64)."""
     return t if t.dtype == torch.float64 else t.float()
-
-
-def _now(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)  # GPU work is asynchronous: wait for it before reading the clock
-    return time.perf_counter()
 
 
 # -----------------------------------------------------------------------------
@@ -115,36 +108,26 @@ class Capture:
         return False  # never swallow the exception
 
 
-def sequential_blocks(model, calib_ids, batch_size=8, gram=False, progress=False, desc="blocks", timings=None):
+def sequential_blocks(model, calib_ids, batch_size=8, gram=False, progress=False, desc="blocks"):
     """Generator over blocks (PAPER.md §3, "capture is sequential as in Wanda/SparseGPT"): yields
     (b, block, stats) with stats captured on the inputs block b sees now. The caller prunes block b,
     and when the loop resumes the calibration hidden states are pushed through the *pruned* block,
-    so block b+1 sees what the pruned model computes. Only one block's statistics exist at a time.
-    Time spent in forwards (both passes) is added to timings["capture"]."""
+    so block b+1 sees what the pruned model computes. Only one block's statistics exist at a time."""
     device = model.lm_head.weight.device
-    timings = {} if timings is None else timings
-    timings.setdefault("capture", 0.0)
     with torch.no_grad():
-        t = _now(device)
         xs = []
         for ids in calib_ids.to(device).split(batch_size):
-            x, cos, sin = model.embed(ids)  # all batches have the same length T: one rotary table
+            x, cos, sin = model.embed(ids)  # (b, T, d); all batches have the same T: one rotary table
             xs.append(x)
-        timings["capture"] += _now(device) - t
     for b, block in enumerate(tqdm(model.model.layers, desc=desc, disable=not progress)):
-        with torch.no_grad():
-            t = _now(device)
-            with Capture(block, gram) as cap:
-                for x in xs:
-                    block(x, cos, sin)
-            timings["capture"] += _now(device) - t
+        with torch.no_grad(), Capture(block, gram) as cap:
+            for x in xs:
+                block(x, cos, sin)
         yield b, block, cap.stats
         cap.stats.clear()  # free block b's energies and Grams before block b+1 forms its own
         with torch.no_grad():
-            t = _now(device)
             for i, x in enumerate(xs):  # through the block as the caller left it (pruned); in place, so
                 xs[i] = block(x, cos, sin)  # only one batch's hidden states exist twice at a time
-            timings["capture"] += _now(device) - t
 
 
 # -----------------------------------------------------------------------------
@@ -453,7 +436,7 @@ def pca_A(H, r):
 
 @torch.no_grad()
 def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", ema=0.5, state=None, lam=1e-8,
-                final=False, pbs_final=False, batch_size=8, a_init=None, progress=True, lam_relative=True):
+                final=False, pbs_final=False, a_init=None, batch_size=8, progress=True):
     """One prune event (PAPER.md §3) on a model with adapters (add_lora), block by block:
         capture X of the block's inputs → ForeSight scores s_k (on effective weights) → EMA
         score_k = η·s_k + (1−η)·score_{k−1} (first event: s_1) → mask at sparsity p → PBS ΔB (A fixed)
@@ -461,77 +444,60 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
     final=True is the end-of-training event: the same without PBS (pbs_final=True keeps it); the model
     then holds exactly p-sparse folded weights (merge_lora takes the wrappers off).
 
-    calib_ids: LongTensor (N, T). group/nm: select_mask. pbs: 'output' (§5.1), 'diag' (§5.2) or None.
-    state: the EMA state returned by the previous event ({'scores': {layer_name: float32 CPU tensor},
-    'events': k}; torch.save-able for resume). lam, lam_relative: the PBS ridge (see the note above
-    _ridge). Returns (state, timings), timings in seconds for
-    capture / scoring / pbs / fold / total.
+    calib_ids (N, T); group/nm: select_mask; pbs: 'output' (§5.1), 'diag' (§5.2) or None; lam: the PBS
+    ridge. state: the previous event's EMA state ({'scores': {layer_name: float32 CPU tensor}, 'events': k},
+    torch.save-able for resume); returns the new one.
 
     U = (W + s·B·A) ⊙ M_old, the weight the network computes now. A weight pruned earlier has U = 0,
     so its s_k is 0; the EMA can still keep it (revive it) at value 0, from where masked LoRA can grow
-    it. The mask is exactly p-sparse; between events the weights can hold a few more zeros than that
-    where a revived weight has not moved yet, so the final event ranks exact zeros last: the merged
-    model is then exactly p-sparse."""
+    it. The final event therefore prunes exact zeros first: the merged model is then exactly p-sparse."""
     assert pbs in (None, "output", "diag"), "pbs must be 'output', 'diag' or None"
     assert a_init in (None, "pca"), "a_init must be None or 'pca'"
     use_pbs = pbs if (not final or pbs_final) else None
     state = {"scores": {}, "events": 0} if state is None else state
-    timings = {"capture": 0.0, "scoring": 0.0, "pbs": 0.0, "fold": 0.0}
     cfg, layers = model.config, model.model.layers
-    device = model.lm_head.weight.device
-    t_start = _now(device)
     was_training = model.training
     model.eval()  # no adapter dropout while capturing
     try:
         for b, block, stats in sequential_blocks(model, calib_ids, batch_size, gram=use_pbs == "output" or a_init == "pca",
-                                                 progress=progress, desc=f"prune event {state['events'] + 1}",
-                                                 timings=timings):
+                                                 progress=progress, desc=f"prune event {state['events'] + 1}"):
             # ForeSight scores, EMA, masks: all seven from the block's weights before any of them changes
-            t = _now(device)
             nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
             e = consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
             plan = {}
             for proj in PROJECTIONS:
                 lin, name = get_sub(block, proj), layer_name(b, proj)
                 assert isinstance(lin, LoRALinear), f"{name} has no adapter: call add_lora first"
-                U = lin.effective_weight()
-                s_k = foresight_scores(U, stats[proj].energy, e[proj])
+                U = lin.effective_weight()  # (m, n) float32
+                s_k = foresight_scores(U, stats[proj].energy, e[proj])  # (m, n) paper Eq. 2
                 prev = state["scores"].get(name)
-                score = s_k if prev is None else ema * s_k + (1 - ema) * prev.to(s_k.device)
+                score = s_k if prev is None else ema * s_k + (1 - ema) * prev.to(s_k.device)  # §4.3 EMA
                 state["scores"][name] = score.cpu()
                 if final:  # a weight revived by the EMA but still exactly 0 would leave the saved model
                     score = score * (U != 0)  # more than p sparse: the final mask keeps only live weights
                 plan[proj] = (U, select_mask(score, sparsity, group, nm))
-            timings["scoring"] += _now(device) - t
 
             pca_cache = {}  # q/k/v (and gate/up) share one H: one eigendecomposition
             for proj in PROJECTIONS:
                 lin = get_sub(block, proj)
                 U, keep = plan[proj]
-                t = _now(device)
-                A = _f32(lin.lora_A)
+                A = _f32(lin.lora_A)  # (r, n)
                 if a_init == "pca":  # PAPER.md §5.3: A from the principal directions of this layer's inputs
-                    key = id(stats[proj])
-                    if key not in pca_cache:
-                        pca_cache[key] = pca_A(stats[proj].gram, lin.rank)
-                    A = pca_cache[key]
+                    if id(stats[proj]) not in pca_cache:
+                        pca_cache[id(stats[proj])] = pca_A(stats[proj].gram, lin.rank)
+                    A = pca_cache[id(stats[proj])]
                 if use_pbs == "output":
-                    dB = pbs_output(U, A, keep, stats[proj].gram, lin.scale, lam, lam_relative)
+                    U = U + lin.scale * (pbs_output(U, A, keep, stats[proj].gram, lin.scale, lam) @ A)  # §5.1
                 elif use_pbs == "diag":
-                    dB = pbs_diag(U, A, keep, stats[proj].rms, lin.scale, lam, lam_relative)
-                timings["pbs"] += _now(device) - t
-                t = _now(device)
-                W_new = (U + lin.scale * (dB @ A)) * keep if use_pbs else U * keep  # the fold, B = ΔB
-                lin.weight.copy_(W_new.to(lin.weight.dtype))
+                    U = U + lin.scale * (pbs_diag(U, A, keep, stats[proj].rms, lin.scale, lam) @ A)  # §5.2
+                lin.weight.copy_((U * keep).to(lin.weight.dtype))  # the fold, with B = ΔB: W ← (U + s·ΔB·A) ⊙ M
                 lin.mask.copy_(keep)
                 lin.reset_adapter(A.to(lin.lora_A.dtype) if a_init == "pca" else None)
-                timings["fold"] += _now(device) - t
-            del plan, stats, U, keep, W_new, pca_cache  # nothing of block b outlives it (one block at a time)
+            del plan, stats, U, keep, pca_cache  # nothing of block b outlives it (one block at a time)
     finally:
         model.train(was_training)
     state["events"] += 1
-    timings["total"] = _now(device) - t_start
-    return state, timings
+    return state
 
 
 # -----------------------------------------------------------------------------
@@ -592,42 +558,31 @@ def prune_oneshot(model, calib_ids, method, sparsity, nm=None, batch_size=8, pro
     |W|·‖X_c‖ (both per output row, or N:M; where p·n is not an integer — 0.4 × 576 = 230.4 — the rows
     lose 230 or 231 so the matrix is exactly p-sparse like every other criterion here, where Wanda's own
     code floors per row and ends at 39.93%), SparseGPT (sparsegpt_prune on H = XᵀX). Returns
-    ({layer_name: keep mask, bool, CPU}, timings). For Wanda→LoRA pass the masks to add_lora(masks=)."""
+    {layer_name: keep mask, bool, CPU}; for Wanda→LoRA pass them to add_lora(masks=)."""
     assert method in ("magnitude", "wanda", "sparsegpt"), "method: magnitude, wanda or sparsegpt"
-    device = model.lm_head.weight.device
-    masks, timings = {}, {"capture": 0.0, "prune": 0.0}
-    t_start = _now(device)
+    masks = {}
     was_training = model.training
     model.eval()
-
-    def prune_block(b, block, stats):
-        t = _now(device)
-        for proj in PROJECTIONS:
-            lin = get_sub(block, proj)
-            assert type(lin) is nn.Linear, f"{layer_name(b, proj)} is not a plain nn.Linear (merge_lora first)"
-            W = _f32(lin.weight)
-            if method == "sparsegpt":
-                W_new, keep = sparsegpt_prune(W, stats[proj].gram, sparsity, nm)
-            else:
-                score = W.abs() if method == "magnitude" else W.abs() * stats[proj].energy.sqrt()[None, :]
-                keep = select_mask(score, sparsity, "out", nm)
-                W_new = W * keep
-            lin.weight.copy_(W_new.to(lin.weight.dtype))
-            masks[layer_name(b, proj)] = keep.cpu()
-        timings["prune"] += _now(device) - t
-
+    blocks = ((b, blk, None) for b, blk in enumerate(tqdm(model.model.layers, desc=method, disable=not progress))) \
+        if method == "magnitude" else sequential_blocks(model, calib_ids, batch_size, gram=method == "sparsegpt",
+                                                         progress=progress, desc=method)  # magnitude needs no data
     try:
-        if method == "magnitude":  # needs no data
-            for b, block in enumerate(tqdm(model.model.layers, desc="magnitude", disable=not progress)):
-                prune_block(b, block, None)
-        else:
-            for b, block, stats in sequential_blocks(model, calib_ids, batch_size, gram=method == "sparsegpt",
-                                                     progress=progress, desc=method, timings=timings):
-                prune_block(b, block, stats)
+        for b, block, stats in blocks:
+            for proj in PROJECTIONS:
+                lin = get_sub(block, proj)
+                assert type(lin) is nn.Linear, f"{layer_name(b, proj)} is not a plain nn.Linear (merge_lora first)"
+                W = _f32(lin.weight)  # (m, n)
+                if method == "sparsegpt":
+                    W_new, keep = sparsegpt_prune(W, stats[proj].gram, sparsity, nm)
+                else:
+                    score = W.abs() if method == "magnitude" else W.abs() * stats[proj].energy.sqrt()[None, :]
+                    keep = select_mask(score, sparsity, "out", nm)
+                    W_new = W * keep
+                lin.weight.copy_(W_new.to(lin.weight.dtype))
+                masks[layer_name(b, proj)] = keep.cpu()
     finally:
         model.train(was_training)
-    timings["total"] = _now(device) - t_start
-    return masks, timings
+    return masks
 
 
 # -----------------------------------------------------------------------------
@@ -648,14 +603,3 @@ def sparsity_report(model):
             rep["total"] += W.numel()
     rep["overall"] = rep["zeros"] / max(rep["total"], 1)
     return rep
-
-
-def format_sparsity(rep):
-    """A short table: one row per block, one column per projection, percent zeros; then overall."""
-    short = [p.split(".")[-1].replace("_proj", "") for p in PROJECTIONS]
-    blocks = sorted({int(k.split(".")[2]) for k in rep["layers"]})
-    lines = ["block " + " ".join(f"{s:>6}" for s in short)]
-    for b in blocks:
-        lines.append(f"{b:>5} " + " ".join(f"{100 * rep['layers'][layer_name(b, p)]:6.2f}" for p in PROJECTIONS))
-    lines.append(f"overall {100 * rep['overall']:.4f}% zeros ({rep['zeros']:,} of {rep['total']:,} weights)")
-    return "\n".join(lines)

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import data
+from corpora import benchmarks as bench
+from fileio import token_cache
 from data import DataError
 
 
@@ -273,7 +275,7 @@ def test_domain_prepare_with_real_tokenizer(tmp_path):
     tok = Tokenizer(os.path.join(d, "models", "stories260K"))
     docs = data.health_docs()[:50]
     # the batched sentencepiece path gives the same ids as the tokenizer's own encode
-    assert data.encode_docs(tok, docs, progress=False) == [tok.encode(x, bos=False) for x in docs]
+    assert token_cache.encode_docs(tok, docs, progress=False) == [tok.encode(x, bos=False) for x in docs]
     s = data.prepare(domain="health", tokenizer=tok, max_chars=60_000, cache_dir=str(tmp_path), progress=False)
     assert all(s.counts[k] > 0 for k in data.SPLITS) and s.meta["n_chars"] == 60_000
     assert s.train.max() < tok.vocab_size and int(s.train[-1]) == tok.eos_id
@@ -312,11 +314,11 @@ def test_pubmedqa_real():
 def test_cuad_and_wikitext_real():
     docs = data.cuad_docs(assets_dir())
     assert len(docs) == 510 and sum(map(len, docs)) > 20_000_000
-    text = data.wikitext2_text(assets_dir())
+    text = bench.wikitext2_text(assets_dir())
     assert len(text) > 1_000_000 and "\r" not in text and text.lstrip().startswith("= Robert Boulter =")
     found, skipped = data.benchmarks(assets_dir(), "legal")
     assert set(found) == {"cuad", "wikitext2"} and not skipped
-    assert 0 < len(found["cuad"]) <= data.BENCH_MAX_CHARS
+    assert 0 < len(found["cuad"]) <= bench.BENCH_MAX_CHARS
     ev, cal = data.wikitext2_parts(assets_dir())
     assert found["wikitext2"] == ev and text.startswith(ev) and text.endswith(cal)  # all but the calibration tenth
     assert 0.085 < len(cal) / len(text) < 0.115 and len(ev) + len(cal) + 2 == len(text)

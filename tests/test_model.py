@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import model as M  # noqa: E402
+from fileio import gguf_convert as G  # noqa: E402
+from fileio import hf as H  # noqa: E402
 
 ASSETS = os.environ.get("XPERT_ASSETS") or os.path.join(ROOT, "..", "shared", "assets")
 STORIES = os.path.join(ASSETS, "models", "stories260K")
@@ -143,7 +145,7 @@ def test_save_pretrained_round_trip(tied, tmp_path):
     # saving over an existing folder replaces it whole
     b16.save_pretrained(tmp_path / "out")
     assert M.LLaMA.from_pretrained(tmp_path / "out").model.norm.weight.dtype == torch.float32
-    assert M.read_safetensors(tmp_path / "out" / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
+    assert H.read_safetensors(tmp_path / "out" / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
 
 
 # -----------------------------------------------------------------------------
@@ -155,10 +157,10 @@ def test_safetensors_matches_package(tmp_path):
     tensors = {"b.f32": torch.randn(3, 5, generator=g), "a.f16": torch.randn(7, generator=g).half(),
                "c.bf16": torch.randn(2, 2, 3, generator=g).bfloat16(), "scalar": torch.tensor(1.5),
                "empty": torch.zeros(0, 4), "z.bf16": torch.randn(1, generator=g).bfloat16()}
-    M.write_safetensors(tmp_path / "ours.safetensors", tensors)
+    H.write_safetensors(tmp_path / "ours.safetensors", tensors)
     st.save_file(tensors, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
     assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
-    for reader in (M.read_safetensors, st.load_file):
+    for reader in (H.read_safetensors, st.load_file):
         for f in ("ours.safetensors", "ref.safetensors"):
             got = reader(str(tmp_path / f))
             assert set(got) == set(tensors)
@@ -169,14 +171,14 @@ def test_safetensors_matches_package(tmp_path):
 def test_safetensors_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00hello")
     with pytest.raises(M.ModelError, match="junk.safetensors"):
-        M.read_safetensors(tmp_path / "junk.safetensors")
-    M.write_safetensors(tmp_path / "t.safetensors", {"w": torch.ones(100)})
+        H.read_safetensors(tmp_path / "junk.safetensors")
+    H.write_safetensors(tmp_path / "t.safetensors", {"w": torch.ones(100)})
     raw = (tmp_path / "t.safetensors").read_bytes()
     (tmp_path / "t.safetensors").write_bytes(raw[:-10])  # truncated
     with pytest.raises(M.ModelError, match="truncated"):
-        M.read_safetensors(tmp_path / "t.safetensors")
+        H.read_safetensors(tmp_path / "t.safetensors")
     with pytest.raises(M.ModelError, match="int64"):
-        M.write_safetensors(tmp_path / "i.safetensors", {"i": torch.ones(2, dtype=torch.int64)})
+        H.write_safetensors(tmp_path / "i.safetensors", {"i": torch.ones(2, dtype=torch.int64)})
 
 
 # -----------------------------------------------------------------------------
@@ -201,14 +203,14 @@ def bad_folders(tmp):
     json.dump(cfg, open(os.path.join(p, "config.json"), "w"))
     out["non-LLaMA config"] = (p, "'gpt2'")
     p = copy("misshaped")
-    sd = M.read_safetensors(os.path.join(p, "model.safetensors"))
+    sd = H.read_safetensors(os.path.join(p, "model.safetensors"))
     sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(63, 32)
-    M.write_safetensors(os.path.join(p, "model.safetensors"), sd)
+    H.write_safetensors(os.path.join(p, "model.safetensors"), sd)
     out["mis-shaped tensor"] = (p, "model.layers.1.mlp.up_proj.weight (63, 32)")
     p = copy("missingkey")
-    sd = M.read_safetensors(os.path.join(p, "model.safetensors"))
+    sd = H.read_safetensors(os.path.join(p, "model.safetensors"))
     del sd["model.layers.0.self_attn.k_proj.weight"]
-    M.write_safetensors(os.path.join(p, "model.safetensors"), sd)
+    H.write_safetensors(os.path.join(p, "model.safetensors"), sd)
     out["missing key"] = (p, "model.layers.0.self_attn.k_proj.weight")
     p = copy("badjson")
     open(os.path.join(p, "config.json"), "w").write("{not json")
@@ -357,7 +359,7 @@ def write_tiny_gguf(path, hf, quantize_up=True):
     w.add_bos_token_id(1)
     w.add_eos_token_id(0)
     w.add_add_bos_token(False)
-    names = {v: k for k, v in M.GGUF_BLOCK_NAMES.items()}
+    names = {v: k for k, v in G.GGUF_BLOCK_NAMES.items()}
     for k, v in sd.items():
         if k.startswith("model.layers."):
             i, rest = k.split(".")[2], ".".join(k.split(".")[3:-1])
@@ -400,7 +402,7 @@ def test_convert_tiny_gguf(tmp_path):
                                                "num_attention_heads": 4, "num_key_value_heads": 2,
                                                "rope_theta": 100000.0, "rms_norm_eps": 1e-5})).eval()
     write_tiny_gguf(tmp_path / "tiny.gguf", hf)
-    out = M.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "conv"))
+    out = G.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "conv"))
     ours = M.LLaMA.from_pretrained(out)
     cfg = ours.config
     assert (cfg.num_key_value_heads, cfg.rope_theta, cfg.rms_norm_eps, cfg.tie_word_embeddings) == (2, 1e5, 1e-5, False)
@@ -430,12 +432,12 @@ def test_convert_is_atomic(tmp_path, monkeypatch):
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(M, "write_safetensors", interrupted)
+    monkeypatch.setattr(G, "write_safetensors", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        M.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "cache" / "conv"))
+        G.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "cache" / "conv"))
     assert os.listdir(tmp_path / "cache") == []  # neither the folder nor a temp folder is left
     monkeypatch.undo()
-    M.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "cache" / "conv"))
+    G.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "cache" / "conv"))
     assert sorted(os.listdir(tmp_path / "cache" / "conv")) == ["config.json", "model.safetensors", "tokenizer.json",
                                                                 "tokenizer_config.json"]
 
@@ -446,10 +448,10 @@ def test_convert_is_atomic(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def smol_dir():
     try:
-        M.default_gguf_file()
+        G.default_gguf_file()
     except M.ModelError as e:
         pytest.skip(str(e))
-    return M.default_model_dir()
+    return G.default_model_dir()
 
 
 @pytest.fixture(scope="module")
@@ -471,7 +473,7 @@ def test_default_model_config(smol_dir, smol):
     assert (c.rope_theta, c.tie_word_embeddings, c.bos_token_id, c.eos_token_id) == (100000.0, True, 1, 2)
     tcfg = json.load(open(os.path.join(smol_dir, "tokenizer_config.json")))
     assert tcfg["add_bos_token"] is False and tcfg["eos_token"] == "<|im_end|>"
-    assert M.default_model_dir() == smol_dir  # cached: the second call converts nothing
+    assert G.default_model_dir() == smol_dir  # cached: the second call converts nothing
 
 
 @slow
@@ -493,7 +495,7 @@ def test_default_tokenizer_matches_transformers(smol_dir):
     # two references: transformers on our converted tokenizer.json, and — independent of our conversion —
     # transformers' own tokenizer built from the GGUF metadata (the requirements install what it needs)
     refs = [tf.AutoTokenizer.from_pretrained(smol_dir),
-            tf.AutoTokenizer.from_pretrained(os.path.dirname(M.default_gguf_file()), gguf_file=M.DEFAULT_GGUF)]
+            tf.AutoTokenizer.from_pretrained(os.path.dirname(G.default_gguf_file()), gguf_file=G.DEFAULT_GGUF)]
     for t in SMOL_TEXTS:
         ids = tok.encode(t)
         for ref in refs:
@@ -506,7 +508,7 @@ def test_default_tokenizer_matches_transformers(smol_dir):
 def test_default_weights_match_transformers_gguf_conversion(smol):
     tf = transformers()
     pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
-    hg = tf.AutoModelForCausalLM.from_pretrained(os.path.dirname(M.default_gguf_file()), gguf_file=M.DEFAULT_GGUF,
+    hg = tf.AutoModelForCausalLM.from_pretrained(os.path.dirname(G.default_gguf_file()), gguf_file=G.DEFAULT_GGUF,
                                                  dtype=torch.float32)
     ref = hg.state_dict()
     ours = smol.state_dict()

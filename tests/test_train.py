@@ -55,7 +55,8 @@ def test_every_method_end_to_end(method, tiny_model_dir, cache, tmp_path):
     assert os.path.exists(out / "train.log") and os.path.exists(out / "config.json")
     assert not os.path.exists(out / "ckpt.pt")
 
-    from model import LLaMA, load_state_dict
+    from fileio.hf import load_state_dict
+    from model import LLaMA
     sd = adapted(load_state_dict(str(out)))
     for k, w in sd.items():
         zeros = int((w == 0).sum())
@@ -144,7 +145,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_model_dir, cache, tmp_p
     b = json.load(open(killed / "run.json"))
     assert a["losses"] == b["losses"]
     assert a["metrics"]["domain_test_ppl"]["value"] == pytest.approx(b["metrics"]["domain_test_ppl"]["value"], rel=1e-6)
-    from model import load_state_dict
+    from fileio.hf import load_state_dict
     wa, wb = adapted(load_state_dict(str(full))), adapted(load_state_dict(str(killed)))
     for k in wa:
         assert torch.equal(wa[k] == 0, wb[k] == 0), f"{k}: masks differ after resume"
@@ -329,7 +330,7 @@ def test_mask_overlap_matches_direct_iou_and_refuses_bad_pairs(tiny_model_dir, c
 def test_bench_table_relative_to_the_matching_dense_run(tmp_path):
     # bench.py's results table: each cell relative to the dense lora run of its domain and seed trained with
     # the same LoRA settings (PAPER.md §7: dense ppl / ppl, acc / dense acc); a variant gets its own row
-    import bench
+    from bench import grid as bench
     import train
 
     def cell(name, method, ppl, acc=None, **cfg):

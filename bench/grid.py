@@ -21,9 +21,10 @@ import subprocess
 import sys
 import time
 
-import eval as evaluation
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root: train.py lives there
+sys.path.insert(0, HERE)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import eval as evaluation  # noqa: E402
 GRID_METHODS = ["lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda-lora", "foresight",
                 "xpert:output", "xpert:diag"]
 
@@ -130,16 +131,11 @@ def cost(out_root, domain, reps, extra):
                 res[m].append(json.load(f))
     med = {m: (statistics.median(r["train_time_s"] for r in rs), statistics.median(r["peak_memory_mb"] for r in rs))
            for m, rs in res.items()}
-    parts = {}
-    for r in res["xpert"]:
-        for ev in r["timings"]:
-            for k, v in ev.items():
-                if k in ("capture", "scoring", "pbs", "fold", "total"):
-                    parts.setdefault(k, []).append(v)
+    events = [ev["seconds"] for r in res["xpert"] for ev in r["timings"]]  # bench/prune_event.py splits one up
     lines = [f"cost, {domain}, {reps} interleaved repetitions, medians:",
              f"  training time: lora {med['lora'][0]:.1f}s, xpert {med['xpert'][0]:.1f}s, ratio {med['xpert'][0] / med['lora'][0]:.3f}",
              f"  peak memory:   lora {med['lora'][1]:.0f}MB, xpert {med['xpert'][1]:.0f}MB, ratio {med['xpert'][1] / med['lora'][1]:.3f}",
-             "  prune event parts (median per event): " + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in parts.items())]
+             f"  prune events: median {statistics.median(events):.2f}s each ({len(events)} events)"]
     return "\n".join(lines)
 
 
@@ -148,18 +144,16 @@ def step_cost(reps, batch, seq, sparsity=0.4, rank=8):
     the LoRA forward (PAPER.md §3), interleaved repetitions, medians — the part of xpert's cost that the
     masked forward adds. Forms: plain LoRA (mask all ones: what `lora` runs) with the default dropout and
     with dropout 0 (dropout itself costs: a random mask per adapted layer), exact masked LoRA with the
-    default dropout (two m×n products per layer), exact with dropout 0 (one), and 'lowrank' (plain-LoRA
-    cost, but not the same model at the next fold: see LoRALinear). Each form is compared with plain LoRA
-    at the same dropout, so the ratio is what the mask adds."""
+    default dropout, and exact with dropout 0. Each form is compared with plain LoRA at the same dropout,
+    so the ratio is what the mask adds."""
     import torch
     import xpert
     from model import LLaMA
     forms = {"plain LoRA, dropout 0.05": ("exact", 0.05, False), "plain LoRA, dropout 0": ("exact", 0.0, False),
-             "exact masked, dropout 0.05": ("exact", 0.05, True), "exact masked, dropout 0": ("exact", 0.0, True),
-             "lowrank, dropout 0.05 (not equivalent)": ("lowrank", 0.05, True)}
+             "exact masked, dropout 0.05": ("exact", 0.05, True), "exact masked, dropout 0": ("exact", 0.0, True)}
     models = {}
     for name, (mode, drop, pruned) in forms.items():
-        m = xpert.add_lora(LLaMA.from_pretrained(), rank=rank, dropout=drop, forward_mode=mode)
+        m = xpert.add_lora(LLaMA.from_pretrained(), rank=rank, dropout=drop)
         if pruned:  # a p-sparse mask of the right shape (which weights does not matter for the cost)
             g = torch.Generator().manual_seed(0)
             for _, lin in xpert.lora_layers(m):
@@ -191,7 +185,7 @@ def step_cost(reps, batch, seq, sparsity=0.4, rank=8):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(HERE, "bench_out"), help="where cells and results go")
+    p.add_argument("--out", default=os.path.join(HERE, "grid"), help="where cells and results go")
     p.add_argument("--domains", default="legal,health")
     p.add_argument("--methods", default=",".join(GRID_METHODS), help="xpert:diag = xpert with --pbs diag")
     p.add_argument("--sparsities", default="0.4,0.5")

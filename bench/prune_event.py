@@ -16,6 +16,11 @@ Part 2 — layer reconstruction error, one-shot on the base weights (no LoRA, no
     python bench_prune.py                                   # legal text, 16×256 calibration, blocks 2,14,27
     python bench_prune.py --domain health --blocks 0,29 --sparsities 0.5 --json out.json
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
 import argparse
 import json
 import os
@@ -26,6 +31,7 @@ import torch
 
 import data
 import xpert
+from bench.timing import phase_timer
 from model import LLaMA, PROJECTIONS, Tokenizer
 
 
@@ -144,7 +150,8 @@ def main():
         sp = float(a.sparsities.split(",")[0])
         xpert.add_lora(model, rank=a.rank)
         with PeakRSS() as mem:
-            _, t = xpert.prune_event(model, calib, sp, group="out", pbs="output")
+            with phase_timer() as t:  # timed from outside: xpert.py carries no timing code
+                xpert.prune_event(model, calib, sp, group="out", pbs="output")
         res["event"] = {"sparsity": sp, "pbs": "output", "rank": a.rank, "timings_s": t,
                         "rss_before_mb": mem.base, "rss_peak_mb": mem.peak, "rss_increase_mb": mem.peak - mem.base}
         print(f"\none prune event (ForeSight group out + PBS output, r={a.rank}, p={sp:g}, "

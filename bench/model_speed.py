@@ -9,6 +9,11 @@ run (the cost of the work itself: other processes only ever add time) and for th
 
     python bench_model.py --batch 4 --seq 256 --reps 5
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
 import argparse
 import os
 import statistics
@@ -19,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import model as M
+from fileio import gguf_convert as G
 
 
 def timed(fn):
@@ -41,10 +47,10 @@ def main():
     rows = []  # (what, ours runs, transformers runs, unit)
     # first use: GGUF -> Hugging Face folder, into a throwaway folder so the real cache is untouched
     with tempfile.TemporaryDirectory() as tmp:
-        conv = timed(lambda: M.convert_gguf(M.default_gguf_file(), os.path.join(tmp, "m")))
+        conv = timed(lambda: G.convert_gguf(G.default_gguf_file(), os.path.join(tmp, "m")))
     rows.append(("first-use GGUF conversion", [conv], None, "s"))
 
-    path = M.default_model_dir()
+    path = G.default_model_dir()
     load_ours, load_hf = [], []
     for _ in range(3):  # interleaved, so both see the same page cache and machine load
         load_ours.append(timed(lambda: M.LLaMA.from_pretrained(path)))

@@ -1,0 +1,266 @@
+"""Run folders of train.py: option checks, the log, checkpoints that write only what changed, a lock,
+and the publish that renames out/<run>.partial to out/<run> only when everything is in it.
+
+Layout while a run is live:  out/<run>.partial/{train.log, ckpt.pt, event-<k>.pt}  and  out/.<run>.lock
+  ckpt.pt       adapters, optimizer, RNG, step, losses (small: written every --ckpt-every steps)
+  event-<k>.pt  what prune event k changed: the folded base weights, masks and EMA scores (once per event)
+After the final save: out/<run>/{config.json, model.safetensors, tokenizer files, run.json, train.log}."""
+import fcntl
+import math
+import os
+import resource
+import shutil
+
+import torch
+
+from fileio.hf import ModelError, publish_dir
+from model import PROJECTIONS
+
+
+class UsageError(Exception):
+    """A problem with the command line or the run folder, reported as one line (exit 2)."""
+
+
+class Log:
+    """print() that also appends to the run's train.log."""
+
+    def __init__(self):
+        self.file = None
+
+    def __call__(self, *a):
+        s = " ".join(str(x) for x in a)
+        print(s, flush=True)
+        if self.file:
+            self.file.write(s + "\n")
+            self.file.flush()
+
+
+def peak_memory_mb(device):
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# -----------------------------------------------------------------------------
+# options: every check before anything touches the disk
+
+def check_options(args, methods, domains):
+    if (args.domain is None) == (args.data is None):
+        raise UsageError("give exactly one of --domain {legal,health} or --data PATH")
+    if args.domain is not None and args.domain not in domains:
+        raise UsageError(f"unknown domain {args.domain!r} (choose from: {', '.join(domains)})")
+    if not 0.0 <= args.sparsity < 1.0:  # also refuses nan
+        raise UsageError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    if args.nm is not None:
+        try:
+            n, m = (int(v) for v in args.nm.split(":"))
+            assert 0 < n < m
+        except Exception:
+            raise UsageError(f"--nm must look like N:M with 0 < N < M (e.g. 2:4), got {args.nm!r}")
+        args.nm, args.sparsity = (n, m), n / m
+    try:
+        args.events = sorted(float(f) for f in str(args.events).split(","))
+    except ValueError:
+        raise UsageError(f"--events must be comma-separated fractions, got {args.events!r}")
+    if not args.events or any(not 0 < f <= 1 for f in args.events) or args.events[-1] != 1.0:
+        raise UsageError("--events fractions must be in (0, 1] and end with the final event 1.0")
+    for name in ("steps", "batch_size", "seq_len", "rank", "calib_samples"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("eval_windows", "pubmedqa_n", "ckpt_every"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 0")
+    checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"), ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
+              ("ema", 0 < args.ema <= 1, "in (0, 1]"), ("lr", 0 < args.lr < math.inf, "positive"),
+              ("alpha", 0 < args.alpha < math.inf, "positive"), ("pbs_lambda", 0 <= args.pbs_lambda < math.inf, "at least 0"),
+              ("max_docs", args.max_docs is None or args.max_docs >= 4, "at least 4 (one document per split)"),
+              ("max_chars", args.max_chars is None or args.max_chars >= 1, "at least 1")]
+    for name, ok, what in checks:  # comparisons with nan are False: a nan option fails here too
+        if not ok:
+            raise UsageError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir}: no such folder (the benchmark assets)")
+    return args
+
+
+def eta_minutes(args, fwd_tok_s, n_events, n_calib, n_test, method):
+    """A rough ETA from the measured forward speed: a training step costs ~3 forwards of its tokens (~6 once
+    masked LoRA forms its m×n adapter product), a prune event ~3 forwards of the calibration set (capture,
+    scores, PBS), the final evaluation ~3 perplexities + PubMedQA (~2 windows a question)."""
+    tok = args.batch_size * args.seq_len
+    frac_masked = 1.0 if method.prune_first else (1 - min(args.events) if method.events else 0.0)
+    train = args.steps * tok * (3 + 3 * frac_masked)
+    events = n_events * 3 * n_calib * args.seq_len + (2 * n_calib * args.seq_len if method.prune_after else 0)
+    evals = 3 * n_test * args.seq_len + (2 * args.pubmedqa_n * args.seq_len if args.domain == "health" else 0)
+    return (train + events + evals) / fwd_tok_s / 60
+
+
+def check_fits(model, tok, args, log):
+    """What would only fail after training (or silently mislead): checked before the first step."""
+    if tok.vocab_size > model.config.vocab_size:
+        raise ModelError(f"{model.source_dir}: the tokenizer has {tok.vocab_size} tokens, the embedding only "
+                         f"{model.config.vocab_size}")
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise ModelError(f"{model.source_dir}: the weights hold NaN or inf (a damaged checkpoint?)")
+    if args.nm and any(blk.get_submodule(p).weight.shape[1] % args.nm[1] for blk in model.model.layers for p in PROJECTIONS):
+        dims = sorted({blk.get_submodule(p).weight.shape[1] for blk in model.model.layers for p in PROJECTIONS})
+        raise UsageError(f"--nm {args.nm[0]}:{args.nm[1]}: every adapted matrix's input size must be a multiple of "
+                         f"{args.nm[1]}; this model has {dims}")
+    if args.seq_len > model.config.max_position_embeddings:
+        log(f"warning: --seq-len {args.seq_len} is beyond the model's context ({model.config.max_position_embeddings} "
+            "positions): its numbers mean little there")
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def rng_state():
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _save(obj, path):
+    try:
+        torch.save(obj, path + ".tmp")
+        os.replace(path + ".tmp", path)  # atomic: a kill mid-write leaves the previous file intact
+    except BaseException:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise
+
+
+def save_checkpoint(work, model, opt, ema_state, extra, rng=None):
+    """ckpt.pt: adapters + optimizer + RNG + extra (step, events_done, ...). The base weights, masks and EMA
+    change only at prune events, so they go to event-<k>.pt once per event, not into every checkpoint."""
+    k = extra["events_done"]
+    event_file = os.path.join(work, f"event-{k}.pt")
+    if k and not os.path.exists(event_file):
+        sd = model.state_dict()
+        _save({"events_done": k, "state": ema_state,
+               "tensors": {n: v for n, v in sd.items() if n.endswith(".mask") or
+                           (n.endswith(".weight") and n.replace(".weight", ".mask") in sd)}}, event_file)
+    cpu_rng, cuda_rng = rng or rng_state()
+    _save({"model": {n: v for n, v in model.state_dict().items() if "lora_" in n}, "opt": opt.state_dict(),
+           "rng": cpu_rng, "cuda_rng": cuda_rng, **extra}, os.path.join(work, "ckpt.pt"))
+    for f in os.listdir(work):  # older event files: the checkpoint now points at event k
+        if f.startswith("event-") and f != f"event-{k}.pt":
+            os.remove(os.path.join(work, f))
+
+
+def load_checkpoint(work, model, device):
+    """The checkpoint and its event file loaded into model -> the checkpoint dict (with 'state')."""
+    path = os.path.join(work, "ckpt.pt")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+        ev = {"state": None, "tensors": {}}
+        if ck["events_done"]:
+            ev = torch.load(os.path.join(work, f"event-{ck['events_done']}.pt"), map_location=device, weights_only=False)
+    except Exception as e:  # truncated, or not ours
+        raise UsageError(f"--resume: cannot read the checkpoint in {work} ({type(e).__name__}); "
+                         "start again with --overwrite")
+    res = model.load_state_dict({**ck["model"], **ev["tensors"]}, strict=False)
+    bad = [k for k in res.missing_keys if "lora_" in k] + list(res.unexpected_keys)
+    if bad:
+        raise UsageError(f"--resume: {path} does not match this model (e.g. {bad[0]})")
+    torch.set_rng_state(ck["rng"])
+    if ck["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    return dict(ck, state=ev["state"])
+
+
+# -----------------------------------------------------------------------------
+# the run folder: one live run per --out (a lock), published only when complete
+
+class RunFolder:
+    """with RunFolder(out, resume, overwrite) as rf: ... work in rf.work; rf.publish() at the end.
+    Leaving with an error deletes a folder this run created unless it holds a checkpoint worth resuming."""
+
+    def __init__(self, out, resume=False, overwrite=False):
+        self.out, self.work, self.resume, self.overwrite = out, out + ".partial", resume, overwrite
+        self.lock_file = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.lock")
+        self.created, self.made_dirs, self.lock = False, [], None
+
+    def __enter__(self):
+        parent = os.path.dirname(os.path.abspath(self.out))
+        d = parent
+        while not os.path.exists(d):  # the parents we create: removed again if we leave nothing in them
+            self.made_dirs.append(d)
+            d = os.path.dirname(d)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self._lock()
+            self._check()
+            if not self.resume:
+                shutil.rmtree(self.work, ignore_errors=True)
+            os.makedirs(self.work, exist_ok=True)
+        except BaseException as e:
+            self._unlock()
+            if isinstance(e, OSError):
+                raise UsageError(f"--out {self.out}: cannot write there ({e.strerror or e})")
+            raise
+        self.created = not self.resume
+        return self
+
+    def _lock(self):
+        """flock on out/.<run>.lock; after locking, the file must still be the one on disk (a run that finished
+        in between removed it), else try again."""
+        while True:
+            self.lock = open(self.lock_file, "a")
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.lock.close()
+                self.lock = None
+                raise UsageError(f"another run is writing {self.out} right now (lock {self.lock_file}); wait for it "
+                                 "or choose another --out")
+            try:
+                if os.fstat(self.lock.fileno()).st_ino == os.stat(self.lock_file).st_ino:
+                    return
+            except FileNotFoundError:
+                pass
+            self.lock.close()
+
+    def _check(self):
+        ckpt, finished = os.path.join(self.work, "ckpt.pt"), os.path.join(self.work, "run.json")
+        if os.path.exists(self.out) and not self.overwrite:
+            raise UsageError(f"output folder {self.out} exists; pass --overwrite to replace it")
+        if self.resume and not (os.path.exists(ckpt) or os.path.exists(finished)):
+            raise UsageError(f"--resume: no checkpoint at {ckpt}")
+        if not self.resume and os.path.exists(self.work) and not self.overwrite:
+            raise UsageError(f"an interrupted run is in {self.work}; pass --resume to continue it or --overwrite to restart")
+
+    @property
+    def finished(self):
+        """A .partial that already holds the whole result (killed between its last write and the publish)."""
+        return all(os.path.exists(os.path.join(self.work, f)) for f in ("run.json", "config.json", "model.safetensors"))
+
+    def publish(self):
+        """Rename the finished work folder into place first, then drop what only a resume needed."""
+        for f in os.listdir(self.work):
+            if f.startswith(".tmp-") or f.startswith(".old-"):  # a save interrupted on an earlier try
+                shutil.rmtree(os.path.join(self.work, f), ignore_errors=True)
+        self.created = False  # from here the folder is a finished expert: never delete it on an error
+        publish_dir(self.work, self.out)
+        for f in os.listdir(self.out):
+            if f == "ckpt.pt" or f.startswith("event-") or f.endswith(".tmp"):
+                os.remove(os.path.join(self.out, f))
+
+    def _unlock(self):
+        if getattr(self, "lock", None) is not None:
+            try:
+                os.remove(self.lock_file)  # before unlocking: a waiting run then sees a fresh file (see _lock)
+            except OSError:
+                pass
+            self.lock.close()
+            self.lock = None
+        if not os.path.exists(self.work) and not os.path.exists(self.out):
+            for d in self.made_dirs:  # deepest first; rmdir refuses a folder that is not empty
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and self.created and not os.path.exists(os.path.join(self.work, "ckpt.pt")):
+            shutil.rmtree(self.work, ignore_errors=True)  # nothing worth keeping: leave nothing behind
+        self._unlock()
+        return False

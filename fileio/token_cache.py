@@ -1,0 +1,96 @@
+"""The token cache of data.prepare: every split's ids as a nanoGPT-style .bin file plus meta.json, keyed
+by a hash of the texts, the tokenizer and the split parameters, written atomically."""
+import hashlib
+import json
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+CACHE_FORMAT = 2  # bump when the on-disk layout or the stream format changes (2: vocab_bound in meta)
+
+
+def tokenizer_fingerprint(tokenizer):
+    """A string that changes whenever the tokenizer would produce different ids (cache key part).
+    model.Tokenizer is hashed by its vocabulary file; other objects by class and vocab size."""
+    kind, tok = getattr(tokenizer, "kind", None), getattr(tokenizer, "tok", None)
+    h = hashlib.sha256()
+    if kind == "json":
+        h.update(tok.to_str().encode())
+    elif kind == "sp":
+        h.update(tok.serialized_model_proto())
+    else:
+        h.update(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}".encode())
+    h.update(repr((getattr(tokenizer, "vocab_size", None), getattr(tokenizer, "bos_id", None),
+                   getattr(tokenizer, "eos_id", None))).encode())
+    return f"{kind or type(tokenizer).__name__}:{h.hexdigest()[:16]}"
+
+
+def encode_docs(tokenizer, docs, progress=True, desc="tokenize"):
+    """Token ids of every document (no BOS/EOS), in batches: model.Tokenizer's backends encode a
+    list in parallel (tokenizers' encode_batch, sentencepiece's threaded list encode); anything else
+    with .encode(text, bos=False) is called per document."""
+    kind, tok = getattr(tokenizer, "kind", None), getattr(tokenizer, "tok", None)
+    out = []
+    with tqdm(total=sum(map(len, docs)), unit="char", unit_scale=True, desc=desc, disable=not progress,
+              leave=False) as bar:
+        i = 0
+        while i < len(docs):
+            j, chars = i, 0  # batches of ~256 K characters keep the bar moving and memory flat
+            while j < len(docs) and (j == i or chars < 262_144):
+                chars += len(docs[j])
+                j += 1
+            part = docs[i:j]
+            if kind == "json":
+                out += [e.ids for e in tok.encode_batch(part, add_special_tokens=False)]
+            elif kind == "sp":
+                out += tok.encode(part)
+            else:
+                out += [list(tokenizer.encode(d, bos=False)) for d in part]
+            bar.update(chars)
+            i = j
+    return out
+
+
+def key(params: dict) -> str:
+    return hashlib.sha256(json.dumps(dict(params, format=CACHE_FORMAT), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def texts_hash(idx, texts) -> str:
+    h = hashlib.sha256()
+    for i, t in zip(idx, texts):
+        h.update(f"{i}\0{len(t)}\0".encode())
+        h.update(t.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def _atomic_write(path, write):
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of one
+
+
+def save(folder, arrays, meta):
+    os.makedirs(folder, exist_ok=True)
+    for s, a in arrays.items():
+        _atomic_write(os.path.join(folder, f"{s}.bin"), a.tofile)
+
+    def write_meta(tmp):
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+    _atomic_write(os.path.join(folder, "meta.json"), write_meta)  # written last: it marks the folder complete
+
+
+def load(folder, splits):
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+        dtype = np.dtype(meta["dtype"])
+        arrays = {s: np.fromfile(os.path.join(folder, f"{s}.bin"), dtype=dtype) for s in splits}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or damaged: rebuild
+    if any(len(arrays[s]) != meta["counts"][s] for s in splits):
+        return None
+    if any(len(a) and int(a.max()) >= meta["vocab_bound"] for a in arrays.values()):
+        return None  # damaged in place (ids beyond the vocabulary): rebuild rather than index out of range
+    return arrays, meta
