@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from exercises import check as K  # noqa: E402
-from exercises.solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
+from exercises_solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
                                  ex5_iou as s5, ex6_nm as s6, ex7_pbs_diag as s7)
 
 SOLUTIONS = {1: s1, 2: s2, 3: s3, 4: s4, 5: s5, 6: s6, 7: s7}
@@ -46,8 +46,8 @@ def wrong_1_consumer_rows(X, U, U2):  # e from the rows of U2 (wrong axis)
     return U.pow(2) * X.pow(2).sum(0)[None, :] * U2.pow(2).sum(1)[:, None]
 
 
-def wrong_1_bruteforce_not_squared(X, U, U2):  # ‖ΔZ‖_F instead of ‖ΔZ‖²_F
-    return s1.foresight_bruteforce(X, U, U2).sqrt()
+def wrong_1_bruteforce_not_squared(X, U, consumer):  # ‖ΔZ‖_F instead of ‖ΔZ‖²_F
+    return s1.foresight_bruteforce(X, U, consumer).sqrt()
 
 
 def wrong_2_in_axis(scores, sparsity, group):  # 'in' pruned along rows
@@ -163,7 +163,7 @@ def test_every_exercise_has_a_student_file_a_solution_and_a_section():
     text = open(os.path.join(ROOT, "EXERCISES.md"), encoding="utf-8").read()
     for n, name in K.EXERCISES.items():
         assert os.path.exists(os.path.join(ROOT, "exercises", name + ".py"))
-        assert os.path.exists(os.path.join(ROOT, "exercises", "solutions", name + ".py"))
+        assert os.path.exists(os.path.join(ROOT, "exercises_solutions", name + ".py"))
         assert f"exercises/{name}.py" in text and f"python -m exercises.check {n}" in text
     assert len(K.EXERCISES) >= 6
 
