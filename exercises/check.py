@@ -568,12 +568,12 @@ def check_5(mod, log):
                "a simulation")
         exact = exact_chance_iou(p)
         rel = abs(v1 - exact) / exact
-        expect(rel < 0.02 or rel <= 1e-7, f"chance_iou({p}) = {v1:.6f} is far from the expected IoU of two independent "
-               f"random masks with {p:.0%} pruned (relative difference {rel:.3g}; the grader sums the exact "
-               "hypergeometric distribution of their overlap)")
+        expect(rel < 0.1, f"chance_iou({p}) = {v1:.6f} is far from the expected IoU of two independent random masks "
+               f"with {p:.0%} pruned (relative difference {rel:.3g}; the grader sums the exact hypergeometric "
+               "distribution of their overlap)")
         expect(rel <= 1e-7, f"chance_iou({p}) = {v1:.6f} is close to, but not exactly, the expected IoU of two random "
-               f"masks (relative difference {rel:.2g}, tolerance 1e-7): the error of a Monte-Carlo estimate or of a "
-               "finite matrix. The task asks for the exact formula, not a simulation")
+               f"masks (relative difference {rel:.2g}, tolerance 1e-7): as close as a Monte-Carlo estimate, a count on "
+               "a finite matrix or an approximation gets. The task asks for the exact formula, not a simulation")
     log("chance_iou equals the exact expected IoU (hypergeometric overlap, large-matrix limit) to 1e-7 at p = 0.1, "
         "0.25, 0.4, 0.5, 0.8")
 

@@ -206,3 +206,24 @@ def test_cli_exit_codes():
     bad = subprocess.run([sys.executable, os.path.join("exercises", "check.py"), "9"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_cli_grades_a_file_without_touching_the_reference(tmp_path):
+    """`--file PATH` grades any file: a wrapper written the way a student would (import at the top) fails and
+    is named; a copy of the reference passes; exercises_solutions/ is never imported without --solution."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    wrapper = tmp_path / "my_ex7.py"
+    wrapper.write_text("from xpert import pbs_diag\n\n\ndef pbs_diag_solve(U, A, M, g, s, lam):\n"
+                       "    return pbs_diag(U, A, M, g, s, lam, lam_relative=False)\n")
+    bad = subprocess.run([sys.executable, "-m", "exercises.check", "7", "--file", str(wrapper)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "calls xpert.pbs_diag" in bad.stdout, bad.stdout + bad.stderr
+    good = tmp_path / "copy_ex7.py"
+    good.write_text(open(os.path.join(ROOT, "exercises_solutions", "ex7_pbs_diag.py"), encoding="utf-8").read()
+                    + "\nimport sys\nassert 'exercises_solutions' not in sys.modules\n")
+    ok = subprocess.run([sys.executable, "-m", "exercises.check", "7", "--file", str(good)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "exercise 7: PASS" in ok.stdout, ok.stdout + ok.stderr
+    usage = subprocess.run([sys.executable, "-m", "exercises.check", "all", "--file", str(good)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "--file" in usage.stderr
