@@ -347,7 +347,7 @@ def check_1(mod, log):
     ratio = sorted(swiglu[j, c].item() / cf[j, c].item() for j, c in entries)
     log(f"{C.tiny_model()[2]}, block {b} up_proj → down_proj on {X.shape[0]} legal tokens: closed form = "
         f"xpert.foresight_scores, and = ‖ΔZ‖² on 25 random weights (worst relative difference {worst:.1e});\n"
-        f"through the real SwiGLU the same 25 weights change the block output by {ratio[0]:.3g}× … {ratio[-1]:.3g}× "
+        f"through the real SwiGLU the same 25 weights change the block output by {ratio[0]:.3g}× to {ratio[-1]:.3g}× "
         f"(median {ratio[12]:.3g}×) of their ForeSight score")
 
 

@@ -3,6 +3,7 @@ solution, FAIL the shipped stub (NotImplementedError is a FAIL, not a crash of t
 plausible wrong answers — so a check can never be vacuous. See EXERCISES.md."""
 import math
 import os
+import re
 import subprocess
 import sys
 import types
@@ -168,10 +169,41 @@ def test_every_exercise_has_a_student_file_a_solution_and_a_section():
     assert len(K.EXERCISES) >= 6
 
 
+def expected_pass_block(n):
+    """The lines of exercise n's **Expected PASS** block in EXERCISES.md."""
+    text = open(os.path.join(ROOT, "EXERCISES.md"), encoding="utf-8").read()
+    for body in re.findall(r"\*\*Expected PASS\*\*\s*```text\n(.*?)```", text, re.S):
+        if body.startswith(f"exercise {n} "):
+            return body.splitlines()
+    raise AssertionError(f"EXERCISES.md has no Expected PASS block for exercise {n}")
+
+
+def shown_in(line, out_lines):
+    """Does `line` of an Expected PASS block appear in the grader's output? '…' stands for any number."""
+    parts = [p for p in line.split("…") if p]
+    for o in out_lines:
+        pos = 0
+        for part in parts:
+            pos = o.find(part, pos)
+            if pos < 0:
+                break
+            pos += len(part)
+        else:
+            return True
+    return False
+
+
 @pytest.mark.parametrize("n", sorted(K.EXERCISES))
-def test_reference_solution_passes(n, capsys):
-    assert K.check(n, SOLUTIONS[n]), capsys.readouterr().out
-    assert "PASS" in capsys.readouterr().out
+def test_reference_solution_passes_and_prints_the_expected_pass_block(n, capsys):
+    ok = K.check(n, f"exercises_solutions.{K.EXERCISES[n]}")
+    out = capsys.readouterr().out
+    assert ok, out
+    assert out.strip().splitlines()[-1] == f"exercise {n}: PASS"
+    lines = out.replace("grading exercises_solutions/", "grading exercises/").splitlines()  # the student file's line
+    for line in expected_pass_block(n):
+        if line.strip().startswith("…"):  # "… (one line per projection)"
+            continue
+        assert shown_in(line, lines), f"EXERCISES.md's Expected PASS line is not what the grader prints:\n{line}\n\n{out}"
 
 
 @pytest.mark.parametrize("n", sorted(K.EXERCISES))
