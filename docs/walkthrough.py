@@ -86,8 +86,8 @@ def prune_event_by_hand(model, calib_ids, p, show_block=None, show_proj="mlp.gat
         verbose = b == show_block
         if verbose:
             st = stats[show_proj]
-            print(f"\n[2] capture, block {b}: xpert.sequential_blocks(model, calib_ids, gram=True) yields the block with "
-                  "its input statistics\n    (X itself is never stored; q/k/v share one input, gate/up another)")
+            print(f"\n[2] capture, block {b}: xpert.sequential_blocks(model, calib_ids, gram=True) yields the block "
+                  "with its input statistics\n    (X itself is never stored; q/k/v share one input, gate/up another)")
             row(f"stats['{show_proj}'].energy", st.energy, "‖X_c‖² = Σ_t x_tc²: energy of input column c")
             row(f"stats['{show_proj}'].gram", st.gram, "H = XᵀX: the Gram matrix PBS needs")
             print(f"  {'.n_tokens':<30} {st.n_tokens:<11} calibration tokens seen by this block")
@@ -254,7 +254,8 @@ def main(argv=None):
     zeros = sum(int((W == 0).sum()) for W in weights.values())
     total = sum(W.numel() for W in weights.values())
     print(f"  exact sparsity: {exact_fold}/{len(lins)} projections have exactly floor(p·m·n) zeros after the fold, "
-          f"{exact_merge}/{len(weights)} after merge_lora ({zeros}/{total} = {zeros / total:.4f} of the adapted weights)")
+          f"{exact_merge}/{len(weights)} after merge_lora ({zeros}/{total} = {zeros / total:.4f} of the adapted "
+          "weights)")
     print(f"  merge_lora puts plain nn.Linear back: max |Δlogits| = {same:.1e} (the fold already applied the adapter)")
     print(f"  held-out legal loss: dense + random adapter {loss_dense:.4f} -> after the event {loss_pruned:.4f} "
           f"(p = {p}, one-shot, no training after it)")

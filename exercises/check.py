@@ -76,8 +76,8 @@ _OFF = {"depth": 0, "saved": []}
 
 
 def _tripwire(*args, **kwargs):
-    # runs with xpert's globals (its __code__ replaces a library function's): the name below is put there
-    # while the library is off
+    # runs with the library function's globals (its __code__ replaces the function's): the name below is put
+    # there while the library is off
     return _exercises_library_called()  # noqa: F821
 
 
@@ -107,13 +107,14 @@ class library_off:
         if _OFF["depth"] > 1:
             return self
         saved = _OFF["saved"]
-        xpert.__dict__["_exercises_library_called"] = _library_called
         for name in LIBRARY:
             f = getattr(xpert, name, None)
             if f is None:
                 continue
             target = inspect.unwrap(f)
             if isinstance(target, types.FunctionType) and not target.__code__.co_freevars:
+                saved.append(("globals", target.__globals__, None))
+                target.__globals__["_exercises_library_called"] = _library_called  # xpert's, or its submodule's
                 saved.append(("code", target, target.__code__))
                 target.__code__ = _trip_code(name)
             else:
@@ -129,10 +130,11 @@ class library_off:
             for kind, a, b in reversed(_OFF["saved"]):
                 if kind == "code":
                     a.__code__ = b
+                elif kind == "globals":
+                    a.pop("_exercises_library_called", None)
                 else:
                     setattr(xpert, a, b)
             _OFF["saved"].clear()
-            xpert.__dict__.pop("_exercises_library_called", None)
         return False
 
 
@@ -182,8 +184,8 @@ def expect_top_k(mask, scores, k, what, unit="row", name_of=None, rtol=1e-9):
         cut = srt[k - 1] if k > 0 else srt[0]
         n_tied = int((row == cut).sum())
         if 0 < k < row.numel() and srt[k] == cut:  # the k-th and (k+1)-th lowest are equal: no threshold works
-            raise Fail(f"{what}: {name_of(i)} has {c} pruned, but exactly {k} must go{total}. {n_tied} of its scores are "
-                       f"tied at the cut (value {cut.item():.6g}): a threshold on the k-th lowest score (score <= kth, "
+            raise Fail(f"{what}: {name_of(i)} has {c} pruned, but exactly {k} must go{total}. {n_tied} of its scores "
+                       f"are tied at the cut (value {cut.item():.6g}): a threshold on the k-th lowest score (score <= kth, "
                        f"or keep score > kth) prunes all tied weights or none of them. Select exactly {k} positions "
                        "(argsort / topk); any choice among the tied ones is accepted")
         raise Fail(f"{what}: {name_of(i)} has {c} pruned, but exactly {k} must go (floor(p·size + 1e-6)){total}")
