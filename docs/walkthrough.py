@@ -65,14 +65,25 @@ def out_error(W_new, U, H):
     return ((D @ H) * D).sum().item() / ((U @ H) * U).sum().item()
 
 
+def adapted(model):
+    """{'model.layers.b.<proj>': module} of the seven projections of every block."""
+    return {f"model.layers.{b}.{proj}": block.get_submodule(proj)
+            for b, block in enumerate(model.model.layers) for proj in PROJECTIONS}
+
+
+def effective(lin):
+    """U = (W + s·B·A) ⊙ M in float32: the weight a LoRALinear computes now (PAPER.md §2)."""
+    return (lin.weight.float() + lin.scale * (lin.lora_B.float() @ lin.lora_A.float())) * lin.mask
+
+
 def load(rank, alpha, seed):
     """stories260K with LoRA on the seven projections of every block, B small and random (seeded)."""
     model = LLaMA.from_pretrained(MODEL_DIR).eval()
     xpert.add_lora(model, rank=rank, alpha=alpha, dropout=0.0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, lin in xpert.lora_layers(model):
-            lin.lora_A.copy_((torch.rand(lin.lora_A.shape, generator=g) * 2 - 1) / lin.in_features ** 0.5)
+        for lin in adapted(model).values():
+            lin.lora_A.copy_((torch.rand(lin.lora_A.shape, generator=g) * 2 - 1) / lin.weight.shape[1] ** 0.5)
             lin.lora_B.copy_(torch.randn(lin.lora_B.shape, generator=g) * 0.02)
     return model
 
@@ -95,14 +106,14 @@ def prune_event_by_hand(model, calib_ids, p, show_block=None, show_proj="mlp.gat
         e = xpert.consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
         plan = {}
         for proj in PROJECTIONS:  # score and select all seven before any weight of the block changes
-            lin = xpert.get_sub(block, proj)
-            U = lin.effective_weight()
+            lin = block.get_submodule(proj)
+            U = effective(lin)
             scores = xpert.foresight_scores(U, stats[proj].energy, e[proj])
             keep = xpert.select_mask(scores, p, "out")
             plan[proj] = (U, scores, keep)
         if verbose:
             U, scores, keep = plan[show_proj]
-            lin = xpert.get_sub(block, show_proj)
+            lin = block.get_submodule(show_proj)
             m, n = U.shape
             print(f"\n[3] ForeSight scores, block {b} {show_proj} (PAPER.md §4, paper Eq. 2)")
             row("W", lin.weight, "frozen base weight, m outputs × n inputs")
@@ -120,7 +131,7 @@ def prune_event_by_hand(model, calib_ids, p, show_block=None, show_proj="mlp.gat
             print(f"  {'projection':<18} {'U':<8} {'e_j':<7} {'ΔB':<9} {'pruned':>7} {'= floor(p·m·n)':>15} "
                   f"{'error, no PBS':>14} {'with PBS':>9} {'zeros after fold':>17}")
         for proj in PROJECTIONS:
-            lin = xpert.get_sub(block, proj)
+            lin = block.get_submodule(proj)
             U, scores, keep = plan[proj]
             H = stats[proj].gram
             dB = xpert.pbs_output(U, lin.lora_A.float(), keep, H, lin.scale)  # (m, r): B ← B + ΔB, A fixed
@@ -239,7 +250,7 @@ def main(argv=None):
     masks, detail = prune_event_by_hand(model, calib, p, show_block=min(a.block, cfg.num_hidden_layers - 1))
 
     print("\n[7] the whole event (all blocks, sequential capture), then merge")
-    lins = dict(xpert.lora_layers(model))
+    lins = adapted(model)
     exact_fold = sum(int((lin.weight == 0).sum()) == xpert.n_pruned(lin.weight.numel(), p) for lin in lins.values())
     with torch.no_grad():
         logits_before = model(held)
@@ -248,8 +259,9 @@ def main(argv=None):
     xpert.merge_lora(model)
     with torch.no_grad():
         same = (model(held) - logits_before).abs().max().item()
-    weights = {name: xpert.get_sub(model, name).weight for name in lins}
-    assert all(type(xpert.get_sub(model, name)).__name__ == "Linear" for name in lins)
+    merged = adapted(model)
+    assert all(type(mod) is torch.nn.Linear for mod in merged.values())  # no LoRALinear left
+    weights = {name: mod.weight for name, mod in merged.items()}
     exact_merge = sum(int((W == 0).sum()) == xpert.n_pruned(W.numel(), p) for W in weights.values())
     zeros = sum(int((W == 0).sum()) for W in weights.values())
     total = sum(W.numel() for W in weights.values())
