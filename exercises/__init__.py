@@ -1,2 +1,2 @@
 """Classroom exercises on EfficientXpert (see ../EXERCISES.md). Student files: exN_*.py; reference
-solutions: solutions/exN_*.py; grading: `python -m exercises.check N`."""
+solutions: ../exercises_solutions/exN_*.py (outside this package); grading: `python -m exercises.check N`."""

@@ -11,14 +11,16 @@ Implement:
         'out'   : every output row (size n),
         'in'    : every input column (size m),
         'layer' : the whole matrix (size m·n).
-      Use floor(p·size + 1e-6) (0.7·90 is 62.99999999999999 in floating point). Write it yourself
-      (argsort / topk); do not call xpert.select_mask. An unknown group raises ValueError.
+      Use floor(p·size + 1e-6) (0.7·90 is 62.99999999999999 in floating point). Scores can tie (a real
+      prune event scores exactly 0 wherever U = 0): the count must still be exact, any choice among tied
+      scores is accepted. Write it yourself (argsort / topk); an answer that calls xpert.select_mask
+      fails. An unknown group raises ValueError.
 
   groups_where_e_is_inert() -> set of group names in which multiplying the scores by ANY positive
       per-row factor e_j can never change the mask of a single prune event. Argue it on paper first;
       the checker then tests your claim on the real weights of a small LLaMA.
 
-Check: python -m exercises.check 2
+Check: python -m exercises.check 2          (or: python -m exercises.check 2 --file my_ex2.py)
 """
 
 

@@ -16,6 +16,7 @@ Implement:
   pbs_solve(U, A, M, H, s, lam) -> ΔB (m × r), same dtype as U.
       U (m × n) effective weight, A (r × n), M (m × n) bool keep-mask, H (n × n), s the LoRA scale α/r,
       lam = λ (absolute, added as λ·I). A loop over rows is fine; torch.linalg.solve for the r × r system.
+      Write it yourself: an answer that calls xpert.pbs_output fails.
 
 The checker compares every row with torch.linalg.lstsq on the least-squares problem the system comes
 from, then on a real down_proj of a small LLaMA at 50% sparsity measures the layer's output error after
@@ -23,7 +24,7 @@ the fold W ← (U + s·ΔB·A) ⊙ M for r = 8 and r = 64 (A_64 extends A_8). Qu
 unknowns against |S_i| pruned weights — predict the ordering of the errors before you run it, and
 explain why the ordering on the calibration tokens is guaranteed while the held-out one is not.
 
-Check: python -m exercises.check 4
+Check: python -m exercises.check 4          (or: python -m exercises.check 4 --file my_ex4.py)
 """
 
 

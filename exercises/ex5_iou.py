@@ -10,14 +10,15 @@ Implement:
 
   chance_iou(p) -> float
       The IoU two INDEPENDENT, uniformly random masks with a fraction p pruned have on a large matrix.
-      Derive it (a fraction, not a simulation): without it "an IoU of 0.6" means nothing.
+      Derive it: without it "an IoU of 0.6" means nothing. The grader holds it to 1e-7 of the exact
+      value, so it must be a formula in p, not a simulation.
 
-The checker compares pruned_iou with a brute-force count and chance_iou with a Monte-Carlo estimate,
+The checker compares pruned_iou with a brute-force count and chance_iou with an exact computation,
 then calibrates Wanda masks (40%) of every projection of a small real LLaMA on legal text (licences)
 and on general text (WikiText-2), prints the IoU per projection against chance, and what using the
 "wrong" calibration costs on held-out legal tokens.
 
-Check: python -m exercises.check 5
+Check: python -m exercises.check 5          (or: python -m exercises.check 5 --file my_ex5.py)
 """
 
 

@@ -12,7 +12,8 @@ All rows share one r × r Gram matrix, so the whole ΔB comes from one solve:
 
 Implement:
 
-  pbs_diag_solve(U, A, M, g, s, lam) -> ΔB (m × r), same dtype as U. No loop over rows.
+  pbs_diag_solve(U, A, M, g, s, lam) -> ΔB (m × r), same dtype as U. No loop over rows. Write it
+      yourself: an answer that calls xpert.pbs_diag (or pbs_output) fails.
 
 The checker verifies that every row of your ΔB is the minimiser of its own objective (torch.linalg.lstsq
 on the weighted least-squares problem), then folds W ← (U + s·ΔB·A) ⊙ M on a real down_proj at 50%
@@ -21,7 +22,7 @@ Research question: at which columns does the diag objective ask the adapter to a
 fold do to the adapter's contribution there? From that, predict whether `diag` can beat "no PBS" after
 a hard fold, and what one would have to change (κ? the fold?) for it to help.
 
-Check: python -m exercises.check 7
+Check: python -m exercises.check 7          (or: python -m exercises.check 7 --file my_ex7.py)
 """
 
 

@@ -3,6 +3,7 @@ solution, FAIL the shipped stub (NotImplementedError is a FAIL, not a crash of t
 plausible wrong answers — so a check can never be vacuous. See EXERCISES.md."""
 import math
 import os
+import re
 import subprocess
 import sys
 import types
@@ -14,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from exercises import check as K  # noqa: E402
-from exercises.solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
+from exercises_solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
                                  ex5_iou as s5, ex6_nm as s6, ex7_pbs_diag as s7)
 
 SOLUTIONS = {1: s1, 2: s2, 3: s3, 4: s4, 5: s5, 6: s6, 7: s7}
@@ -46,8 +47,8 @@ def wrong_1_consumer_rows(X, U, U2):  # e from the rows of U2 (wrong axis)
     return U.pow(2) * X.pow(2).sum(0)[None, :] * U2.pow(2).sum(1)[:, None]
 
 
-def wrong_1_bruteforce_not_squared(X, U, U2):  # ‖ΔZ‖_F instead of ‖ΔZ‖²_F
-    return s1.foresight_bruteforce(X, U, U2).sqrt()
+def wrong_1_bruteforce_not_squared(X, U, consumer):  # ‖ΔZ‖_F instead of ‖ΔZ‖²_F
+    return s1.foresight_bruteforce(X, U, consumer).sqrt()
 
 
 def wrong_2_in_axis(scores, sparsity, group):  # 'in' pruned along rows
@@ -163,15 +164,46 @@ def test_every_exercise_has_a_student_file_a_solution_and_a_section():
     text = open(os.path.join(ROOT, "EXERCISES.md"), encoding="utf-8").read()
     for n, name in K.EXERCISES.items():
         assert os.path.exists(os.path.join(ROOT, "exercises", name + ".py"))
-        assert os.path.exists(os.path.join(ROOT, "exercises", "solutions", name + ".py"))
+        assert os.path.exists(os.path.join(ROOT, "exercises_solutions", name + ".py"))
         assert f"exercises/{name}.py" in text and f"python -m exercises.check {n}" in text
     assert len(K.EXERCISES) >= 6
 
 
+def expected_pass_block(n):
+    """The lines of exercise n's **Expected PASS** block in EXERCISES.md."""
+    text = open(os.path.join(ROOT, "EXERCISES.md"), encoding="utf-8").read()
+    for body in re.findall(r"\*\*Expected PASS\*\*\s*```text\n(.*?)```", text, re.S):
+        if body.startswith(f"exercise {n} "):
+            return body.splitlines()
+    raise AssertionError(f"EXERCISES.md has no Expected PASS block for exercise {n}")
+
+
+def shown_in(line, out_lines):
+    """Does `line` of an Expected PASS block appear in the grader's output? '…' stands for any number."""
+    parts = [p for p in line.split("…") if p]
+    for o in out_lines:
+        pos = 0
+        for part in parts:
+            pos = o.find(part, pos)
+            if pos < 0:
+                break
+            pos += len(part)
+        else:
+            return True
+    return False
+
+
 @pytest.mark.parametrize("n", sorted(K.EXERCISES))
-def test_reference_solution_passes(n, capsys):
-    assert K.check(n, SOLUTIONS[n]), capsys.readouterr().out
-    assert "PASS" in capsys.readouterr().out
+def test_reference_solution_passes_and_prints_the_expected_pass_block(n, capsys):
+    ok = K.check(n, f"exercises_solutions.{K.EXERCISES[n]}")
+    out = capsys.readouterr().out
+    assert ok, out
+    assert out.strip().splitlines()[-1] == f"exercise {n}: PASS"
+    lines = out.replace("grading exercises_solutions/", "grading exercises/").splitlines()  # the student file's line
+    for line in expected_pass_block(n):
+        if line.strip().startswith("…"):  # "… (one line per projection)"
+            continue
+        assert shown_in(line, lines), f"EXERCISES.md's Expected PASS line differs from the grader:\n{line}\n\n{out}"
 
 
 @pytest.mark.parametrize("n", sorted(K.EXERCISES))
@@ -206,3 +238,22 @@ def test_cli_exit_codes():
     bad = subprocess.run([sys.executable, os.path.join("exercises", "check.py"), "9"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_cli_grades_a_file_without_touching_the_reference(tmp_path, capsys, monkeypatch):
+    """`--file PATH` grades any file: a wrapper written the way a student would (import at the top) fails and
+    is named; a copy of the reference passes; exercises_solutions/ is never imported without --solution."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    wrapper = tmp_path / "my_ex7.py"
+    wrapper.write_text("from xpert import pbs_diag\n\n\ndef pbs_diag_solve(U, A, M, g, s, lam):\n"
+                       "    return pbs_diag(U, A, M, g, s, lam, lam_relative=False)\n")
+    bad = subprocess.run([sys.executable, "-m", "exercises.check", "7", "--file", str(wrapper)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "calls xpert.pbs_diag" in bad.stdout, bad.stdout + bad.stderr
+    good = tmp_path / "copy_ex7.py"
+    good.write_text(open(os.path.join(ROOT, "exercises_solutions", "ex7_pbs_diag.py"), encoding="utf-8").read()
+                    + "\nimport sys\nassert 'exercises_solutions' not in sys.modules\n")
+    monkeypatch.delitem(sys.modules, "exercises_solutions", raising=False)  # in-process from here (restored after)
+    assert K.main(["7", "--file", str(good)]) == 0
+    assert "exercise 7: PASS" in capsys.readouterr().out
+    assert K.main(["all", "--file", str(good)]) == 2 and "--file" in capsys.readouterr().err

@@ -2,15 +2,16 @@
 import torch
 
 
-def foresight_bruteforce(X, U, U2):
-    """D[j, c] = ‖Z − Z^(j,c)‖²_F with Z = X Uᵀ U2ᵀ and Z^(j,c) the same with U[j, c] set to 0."""
-    Z = X @ U.T @ U2.T
+def foresight_bruteforce(X, U, consumer):
+    """D[j, c] = ‖Z − Z^(j,c)‖²_F with Z = consumer(X Uᵀ) and Z^(j,c) the same with U[j, c] set to 0.
+    The consumer is a black box: it is called once per weight, on the changed layer output."""
+    Z = consumer(X @ U.T)
     D = torch.zeros_like(U)
     for j in range(U.shape[0]):
         for c in range(U.shape[1]):
             V = U.clone()
             V[j, c] = 0
-            D[j, c] = (Z - X @ V.T @ U2.T).pow(2).sum()
+            D[j, c] = (Z - consumer(X @ V.T)).pow(2).sum()
     return D
 
 

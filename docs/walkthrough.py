@@ -1,0 +1,290 @@
+"""
+One prune event of EfficientXpert, step by step, on a real tiny LLaMA (PAPER.md §3, §4, §5).
+
+    python docs/walkthrough.py                     # prints the data flow, writes docs/figures/*.png
+    python docs/walkthrough.py --out /tmp/figs     # figures elsewhere
+    python docs/walkthrough.py --no-figures        # text only (no matplotlib needed)
+
+It does by hand what xpert.prune_event does in one call, with the same pieces, so every tensor can be
+printed with its shape and its role:
+
+    capture (xpert.sequential_blocks: block by block, each block sees the *pruned* outputs of the one before)
+      -> ForeSight scores s = U²·‖X_c‖²·e_j (xpert.consumer_energy, xpert.foresight_scores)
+      -> mask: exactly floor(p·m·n) pruned (xpert.select_mask)
+      -> PBS ΔB with A fixed (xpert.pbs_output)
+      -> fold W ← (U + s·ΔB·A) ⊙ M (LoRALinear.fold), then merge_lora: a plain LLaMA, still exactly p-sparse.
+
+The model is the committed stories260K (assets/models/stories260K: 5 blocks, d=64, 8 query / 4 KV heads,
+head_dim 8, intermediate 172). Text: windows of 64 tokens of licence texts (legal, built into data.py)
+and of WikiText-2 (general; the built-in health text when ../shared/assets is absent). The LoRA phase
+before the event is stood in for by a small random B (so U = W + s·B·A differs from W), seeded.
+Runs in a few seconds on a CPU. Figures (matplotlib): the score distribution with the cut, the mask of a
+few rows beside the column energies, and the per-block × projection IoU of legal- vs general-calibrated
+masks.
+"""
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import xpert  # noqa: E402
+from exercises import _common as C  # noqa: E402  (real text windows, tokenized with stories260K's tokenizer)
+from model import LLaMA, PROJECTIONS  # noqa: E402
+
+MODEL_DIR = os.path.join(ROOT, "assets", "models", "stories260K")
+
+# who reads output j of each projection, i.e. where e_j comes from (PAPER.md §4.2)
+READ_BY = {
+    "self_attn.q_proj": "k_proj rows of the same KV group, same head dim (the q·k product)",
+    "self_attn.k_proj": "q_proj rows of every query head of its group, same dim",
+    "self_attn.v_proj": "o_proj columns of every query head of its group",
+    "self_attn.o_proj": "gate/up columns j through post_attention_layernorm γ_j",
+    "mlp.gate_proj": "down_proj column j (through SwiGLU)",
+    "mlp.up_proj": "down_proj column j (through SwiGLU)",
+    "mlp.down_proj": "next block's q/k/v columns j through its input_layernorm γ_j",
+}
+
+
+def shape(t):
+    return str(tuple(t.shape))
+
+
+def row(name, t, role):
+    print(f"  {name:<30} {shape(t):<11} {role}")
+
+
+def out_error(W_new, U, H):
+    """‖(W_new − U) Xᵀ‖² / ‖U Xᵀ‖² from the Gram H = XᵀX alone: tr(D H Dᵀ) / tr(U H Uᵀ)."""
+    D = (W_new - U).double()
+    U, H = U.double(), H.double()
+    return ((D @ H) * D).sum().item() / ((U @ H) * U).sum().item()
+
+
+def adapted(model):
+    """{'model.layers.b.<proj>': module} of the seven projections of every block."""
+    return {f"model.layers.{b}.{proj}": block.get_submodule(proj)
+            for b, block in enumerate(model.model.layers) for proj in PROJECTIONS}
+
+
+def effective(lin):
+    """U = (W + s·B·A) ⊙ M in float32: the weight a LoRALinear computes now (PAPER.md §2)."""
+    return (lin.weight.float() + lin.scale * (lin.lora_B.float() @ lin.lora_A.float())) * lin.mask
+
+
+def load(rank, alpha, seed):
+    """stories260K with LoRA on the seven projections of every block, B small and random (seeded)."""
+    model = LLaMA.from_pretrained(MODEL_DIR).eval()
+    xpert.add_lora(model, rank=rank, alpha=alpha, dropout=0.0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in adapted(model).values():
+            lin.lora_A.copy_((torch.rand(lin.lora_A.shape, generator=g) * 2 - 1) / lin.weight.shape[1] ** 0.5)
+            lin.lora_B.copy_(torch.randn(lin.lora_B.shape, generator=g) * 0.02)
+    return model
+
+
+@torch.no_grad()
+def prune_event_by_hand(model, calib_ids, p, show_block=None, show_proj="mlp.gate_proj"):
+    """One non-final prune event with PBS, written out. Returns ({(b, proj): keep}, details of show_proj)."""
+    cfg, layers = model.config, model.model.layers
+    masks, detail = {}, {}
+    for b, block, stats in xpert.sequential_blocks(model, calib_ids, batch_size=8, gram=True, desc="event"):
+        verbose = b == show_block
+        if verbose:
+            st = stats[show_proj]
+            print(f"\n[2] capture, block {b}: xpert.sequential_blocks(model, calib_ids, gram=True) yields the block "
+                  "with its input statistics\n    (X itself is never stored; q/k/v share one input, gate/up another)")
+            row(f"stats['{show_proj}'].energy", st.energy, "‖X_c‖² = Σ_t x_tc²: energy of input column c")
+            row(f"stats['{show_proj}'].gram", st.gram, "H = XᵀX: the Gram matrix PBS needs")
+            print(f"  {'.n_tokens':<30} {st.n_tokens:<11} calibration tokens seen by this block")
+        nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
+        e = xpert.consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        plan = {}
+        for proj in PROJECTIONS:  # score and select all seven before any weight of the block changes
+            lin = block.get_submodule(proj)
+            U = effective(lin)
+            scores = xpert.foresight_scores(U, stats[proj].energy, e[proj])
+            keep = xpert.select_mask(scores, p, "out")
+            plan[proj] = (U, scores, keep)
+        if verbose:
+            U, scores, keep = plan[show_proj]
+            lin = block.get_submodule(show_proj)
+            m, n = U.shape
+            print(f"\n[3] ForeSight scores, block {b} {show_proj} (PAPER.md §4, paper Eq. 2)")
+            row("W", lin.weight, "frozen base weight, m outputs × n inputs")
+            row("lora_A, lora_B", lin.lora_A, f"A (r × n) and B {shape(lin.lora_B)}, scale s = α/r = {lin.scale:g}")
+            row("U = W + s·B·A", U, "effective weight (what the network computes now)")
+            row(f"e['{show_proj}']", e[show_proj], "consumer energy e_j: read by " + READ_BY[show_proj])
+            row("scores", scores, "s[j, c] = U[j, c]² · ‖X_c‖² · e_j")
+            print(f"\n[4] mask: xpert.select_mask(scores, {p}, 'out') keeps the top of every output row")
+            row("keep", keep, f"bool, True = keep: {int((~keep).sum())} pruned = floor({p}·{m}·{n}) = "
+                f"{xpert.n_pruned(m * n, p)}, exactly (top-k, whatever the ties)")
+            detail.update(block=b, proj=show_proj, scores=scores.clone(), keep=keep.clone(),
+                          energy=stats[show_proj].energy.clone(), k_row=xpert.n_pruned(n, p))
+            print(f"\n[5] PBS (PAPER.md §5.1) and [6] fold, all seven projections of block {b} "
+                  f"(output error = ‖(W_new − U) Xᵀ‖² / ‖U Xᵀ‖² on the calibration tokens, from H):")
+            print(f"  {'projection':<18} {'U':<8} {'e_j':<7} {'ΔB':<9} {'pruned':>7} {'= floor(p·m·n)':>15} "
+                  f"{'error, no PBS':>14} {'with PBS':>9} {'zeros after fold':>17}")
+        for proj in PROJECTIONS:
+            lin = block.get_submodule(proj)
+            U, scores, keep = plan[proj]
+            H = stats[proj].gram
+            dB = xpert.pbs_output(U, lin.lora_A.float(), keep, H, lin.scale)  # (m, r): B ← B + ΔB, A fixed
+            lin.mask.copy_(keep)
+            lin.lora_B.add_(dB.to(lin.lora_B.dtype))
+            lin.fold()  # W ← (W + s·(B + ΔB)·A) ⊙ M = (U + s·ΔB·A) ⊙ M; then A re-initialised, B = 0
+            masks[(b, proj)] = keep.clone()
+            if verbose:
+                m, n = U.shape
+                print(f"  {proj:<18} {f'{m}×{n}':<8} {f'({m},)':<7} {shape(dB):<9} {int((~keep).sum()):>7} "
+                      f"{xpert.n_pruned(m * n, p):>15} {out_error(U * keep, U, H):>14.4f} "
+                      f"{out_error(lin.weight, U, H):>9.4f} {int((lin.weight == 0).sum()):>17}")
+    return masks, detail
+
+
+def figures(out, detail, iou, p, general_name):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    b, proj, scores, keep = detail["block"], detail["proj"], detail["scores"], detail["keep"]
+
+    # 1. the score distribution and the cut
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ls = scores.clamp_min(1e-30).log10()
+    bins = torch.linspace(ls.min().item(), ls.max().item(), 60).tolist()
+    a1.hist([ls[~keep].tolist(), ls[keep].tolist()], bins=bins, stacked=True, color=["#d62728", "#1f77b4"],
+            label=["pruned", "kept"])
+    cut = ls.reshape(-1).kthvalue(xpert.n_pruned(ls.numel(), p)).values.item()
+    a1.axvline(cut, color="k", ls="--", lw=1, label="one cut for the whole layer")
+    a1.set(xlabel="log10 ForeSight score", ylabel="weights", title=f"block {b} {proj}: scores, p = {p}")
+    a1.legend(fontsize=7)
+    k = detail["k_row"]
+    for j in (0, 1, 2, 3):
+        srt = ls[j].sort().values
+        a2.plot(range(len(srt)), srt.tolist(), lw=1, label=f"row {j}")
+        a2.plot([k - 0.5], [(srt[k - 1] + srt[k]).item() / 2], "k|", ms=12)
+    a2.axvline(k - 0.5, color="k", ls=":", lw=1)
+    a2.set(xlabel="rank inside the row (lowest first)", ylabel="log10 score",
+           title=f"group 'out': every row cuts at rank {k}")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out, "walkthrough_scores.png"))
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+
+    # 2. the mask of a few rows, under the energy of the columns they read
+    rows = 24
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, gridspec_kw={"height_ratios": [1, 2.2]})
+    a1.bar(range(keep.shape[1]), detail["energy"].tolist(), width=1.0, color="#7f7f7f")
+    a1.set(yscale="log", ylabel="‖X_c‖²", title=f"block {b} {proj}: keep-mask of the first {rows} rows "
+           f"(dark = kept) under the column energies")
+    a2.imshow(keep[:rows].float().numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
+    a2.set(xlabel="input column c", ylabel="output row j")
+    fig.tight_layout()
+    paths.append(os.path.join(out, "walkthrough_mask_rows.png"))
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+
+    # 3. per block × projection IoU of the pruned sets, legal- vs general-calibrated
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    lo = min(0.8, int(iou.min().item() * 10) / 10)
+    im = ax.imshow(iou.numpy(), cmap="viridis", vmin=lo, vmax=1.0, aspect="auto")
+    for i in range(iou.shape[0]):
+        for j in range(iou.shape[1]):
+            ax.text(j, i, f"{iou[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="w" if iou[i, j] < (lo + 1) / 2 else "k")
+    ax.set_xticks(range(len(PROJECTIONS)), [q.split(".")[-1] for q in PROJECTIONS], fontsize=8)
+    ax.set_yticks(range(iou.shape[0]), [f"block {i}" for i in range(iou.shape[0])], fontsize=8)
+    ax.set_title(f"IoU of the pruned weights: legal- vs {general_name}-calibrated event, p = {p}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    paths.append(os.path.join(out, "walkthrough_mask_iou.png"))
+    fig.savefig(paths[-1], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "figures"), help="folder for the PNGs")
+    ap.add_argument("--no-figures", action="store_true", help="text only")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--block", type=int, default=1, help="the block printed in detail")
+    ap.add_argument("--windows", type=int, default=8, help="calibration windows of 64 tokens")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and polite on a shared CPU
+    p, rank, alpha = a.sparsity, 8, 16
+    if not os.path.exists(os.path.join(MODEL_DIR, "model.safetensors")):
+        sys.exit(f"{MODEL_DIR} is missing: the walkthrough runs on the committed stories260K")
+
+    print("[0] model and text")
+    model = load(rank, alpha, seed=0)
+    cfg = model.config
+    calib = C.windows("legal", a.windows)
+    held = C.windows("legal", 8, a.windows)  # 8 other windows
+    general_name = "WikiText-2" if C.assets_dir() and os.path.exists(
+        os.path.join(C.assets_dir(), "data", "general", "wikitext-2-raw", "wiki.test.raw")) else "health text"
+    general = C.windows("general", a.windows)
+    print(f"  stories260K ({os.path.relpath(MODEL_DIR, ROOT)}): {cfg.num_hidden_layers} blocks, d={cfg.hidden_size}, "
+          f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} KV heads, head_dim {cfg.head_dim}, "
+          f"intermediate {cfg.intermediate_size}")
+    row("calib_ids", calib, f"token ids: {calib.shape[0]} windows × {calib.shape[1]} tokens of licence text (legal)")
+    row("held-out ids", held, "8 other legal windows, for the loss")
+    row("general ids", general, f"{general_name}, for the second calibration (figure 3)")
+    print(f"\n[1] LoRA: xpert.add_lora(model, rank={rank}, alpha={alpha}): each of the {len(PROJECTIONS)} projections "
+          f"of every block becomes a LoRALinear (W frozen, mask M, A, B, s = {alpha / rank:g});\n"
+          f"    a small random B stands in for the dense LoRA phase, so U = W + s·B·A ≠ W")
+    loss_dense = torch.nn.functional.cross_entropy(model(held)[:, :-1].reshape(-1, cfg.vocab_size),
+                                                   held[:, 1:].reshape(-1)).item()
+
+    masks, detail = prune_event_by_hand(model, calib, p, show_block=min(a.block, cfg.num_hidden_layers - 1))
+
+    print("\n[7] the whole event (all blocks, sequential capture), then merge")
+    lins = adapted(model)
+    exact_fold = sum(int((lin.weight == 0).sum()) == xpert.n_pruned(lin.weight.numel(), p) for lin in lins.values())
+    with torch.no_grad():
+        logits_before = model(held)
+        loss_pruned = torch.nn.functional.cross_entropy(logits_before[:, :-1].reshape(-1, cfg.vocab_size),
+                                                        held[:, 1:].reshape(-1)).item()
+    xpert.merge_lora(model)
+    with torch.no_grad():
+        same = (model(held) - logits_before).abs().max().item()
+    merged = adapted(model)
+    assert all(type(mod) is torch.nn.Linear for mod in merged.values())  # no LoRALinear left
+    weights = {name: mod.weight for name, mod in merged.items()}
+    exact_merge = sum(int((W == 0).sum()) == xpert.n_pruned(W.numel(), p) for W in weights.values())
+    zeros = sum(int((W == 0).sum()) for W in weights.values())
+    total = sum(W.numel() for W in weights.values())
+    print(f"  exact sparsity: {exact_fold}/{len(lins)} projections have exactly floor(p·m·n) zeros after the fold, "
+          f"{exact_merge}/{len(weights)} after merge_lora ({zeros}/{total} = {zeros / total:.4f} of the adapted "
+          "weights)")
+    print(f"  merge_lora puts plain nn.Linear back: max |Δlogits| = {same:.1e} (the fold already applied the adapter)")
+    print(f"  held-out legal loss: dense + random adapter {loss_dense:.4f} -> after the event {loss_pruned:.4f} "
+          f"(p = {p}, one-shot, no training after it)")
+
+    # the same event calibrated on general text, from the same start
+    masks_general, _ = prune_event_by_hand(load(rank, alpha, seed=0), general, p)
+    iou = torch.zeros(cfg.num_hidden_layers, len(PROJECTIONS))
+    for (b, proj), keep in masks.items():
+        pa, pb = ~keep, ~masks_general[(b, proj)]
+        iou[b, PROJECTIONS.index(proj)] = (pa & pb).sum().item() / (pa | pb).sum().item()
+    print(f"\n[8] the same event calibrated on {general_name}: IoU of the pruned sets per projection, mean over "
+          "blocks: " + ", ".join(f"{q.split('.')[-1]} {iou[:, i].mean():.3f}" for i, q in enumerate(PROJECTIONS)))
+    if not a.no_figures:
+        for path in figures(a.out, detail, iou, p, general_name):
+            print(f"  wrote {path} ({os.path.getsize(path) // 1024} KB)")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
