@@ -23,7 +23,7 @@ from fileio import gguf_convert as G  # noqa: E402
 from fileio import hf as H  # noqa: E402
 
 ASSETS = os.environ.get("XPERT_ASSETS") or os.path.join(ROOT, "..", "shared", "assets")
-STORIES = os.path.join(ASSETS, "models", "stories260K")
+STORIES = os.path.join(ROOT, "assets", "models", "stories260K")  # committed (MIT), the same as ../shared's
 slow = pytest.mark.slow  # the default-model tests: tens of seconds, still part of the normal run
 
 

@@ -17,9 +17,8 @@ from bench.timing import phase_timer  # noqa: E402
 from fileio.hf import read_safetensors  # noqa: E402
 from model import PROJECTIONS, LLaMA, LlamaConfig  # noqa: E402
 
-ASSETS = os.environ.get("XPERT_ASSETS") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                        "..", "shared", "assets")
-STORIES = os.path.join(ASSETS, "models", "stories260K")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STORIES = os.path.join(ROOT, "assets", "models", "stories260K")  # committed (MIT)
 needs_stories = pytest.mark.skipif(not os.path.exists(os.path.join(STORIES, "model.safetensors")),
                                    reason=f"real test model not found at {STORIES} (set XPERT_ASSETS)")
 
