@@ -20,8 +20,7 @@ from tqdm import tqdm
 import data
 import xpert
 from fileio import paths
-from fileio.hf import load_state_dict
-from model import PROJECTIONS, LLaMA, ModelError, Tokenizer
+from model import LLaMA, ModelError, Tokenizer
 
 
 # -----------------------------------------------------------------------------
@@ -107,21 +106,6 @@ def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_wi
 
 
 # -----------------------------------------------------------------------------
-# sparsity of saved weights, straight from the folder (no model code involved)
-
-def folder_sparsity(path):
-    """Fraction of zeros of every adapted projection in a saved folder: per block/projection and overall."""
-    sd = load_state_dict(path)
-    per, zeros, total = {}, 0, 0
-    for k, v in sd.items():
-        if ".layers." in k and any(k.endswith(p + ".weight") for p in PROJECTIONS):
-            z = int((v == 0).sum())
-            per[k[len("model."):-len(".weight")]] = z / v.numel()
-            zeros, total = zeros + z, total + v.numel()
-    return {"overall": zeros / max(1, total), "per_matrix": per}
-
-
-# -----------------------------------------------------------------------------
 # the command line (--compare and --mask-overlap: bench/report.py)
 
 def main(argv=None):
@@ -193,7 +177,7 @@ def main(argv=None):
                 print(f"  pruned one-shot with {args.prune} at {args.sparsity:g} ({len(calib)}×{seq_len} calibration "
                       f"tokens, {domain} calib split): sparsity {sp:.4f}")
             else:
-                sp = folder_sparsity(path)["overall"]
+                sp = report.folder_sparsity(path)["overall"]
             # a plain folder with no domain still gets the general-ability check (WikiText-2)
             m = evaluate(model, tok, domain or ("general" if splits is None else None), splits,
                          args.data_dir or paths.assets_dir(), seq_len, windows or None, pubmedqa_n or None, args.batch_size)

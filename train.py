@@ -114,23 +114,8 @@ def parse_args(argv=None):
 
 
 def resolve(args):
-    """Check every option before anything touches the disk; fill in derived values."""
-    check_options(args, METHODS, data.DOMAINS)
-    try:
-        args.device, args.dtype = paths.device_dtype(args.device, args.dtype)
-    except ValueError as e:
-        raise UsageError(f"--device/--dtype: {e}")
-    args.data_dir = args.data_dir or paths.assets_dir()
-    if args.data is not None:
-        args.data = os.path.abspath(args.data)  # run.json must point at it from anywhere (eval.py reads it)
-    if args.out is None:
-        tag = args.domain or os.path.splitext(os.path.basename(args.data.rstrip("/")))[0]
-        sp = f"-nm{args.nm[0]}{args.nm[1]}" if args.nm else ("" if args.method == "lora" else f"-s{args.sparsity:g}")
-        args.out = os.path.join("out", f"{tag}-{args.method}{sp}")
-    args.out = args.out.rstrip("/") or "/"
-    if os.path.abspath(args.out) == "/":
-        raise UsageError("--out / is not a run folder")
-    return args
+    """Check every option before anything touches the disk (fileio/runs.py); fill in derived values."""
+    return check_options(args, METHODS, data.DOMAINS)
 
 
 def lr_at(step, args):

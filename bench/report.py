@@ -22,6 +22,21 @@ def relative(metric, value, ref):
     return value / ref if metric.endswith(HIGHER_IS_BETTER) else ref / value
 
 
+def saved_projections(path):
+    """{'layers.b.<proj>': weight} of the adapted projections in a saved folder (no model code involved)."""
+    return {k[len("model."):-len(".weight")]: v for k, v in load_state_dict(path).items()
+            if ".layers." in k and any(k.endswith(p + ".weight") for p in PROJECTIONS)}
+
+
+def folder_sparsity(path):
+    """Fraction of zeros of every adapted projection in a saved folder: per block/projection and overall."""
+    per, zeros, total = {}, 0, 0
+    for k, v in saved_projections(path).items():
+        z = int((v == 0).sum())
+        per[k], zeros, total = z / v.numel(), zeros + z, total + v.numel()
+    return {"overall": zeros / max(1, total), "per_matrix": per}
+
+
 def read_run(r):
     """A train.py run.json, checked: one line if it is missing or not one."""
     f = os.path.join(r, "run.json")
@@ -70,9 +85,7 @@ def mask_overlap(paths, png=None):
     two independent masks at sparsity p is p / (2 - p): printed beside, so 'high' means something."""
     masks = []
     for path in paths:
-        sd = load_state_dict(path)
-        masks.append({k[len("model."):-len(".weight")]: (v == 0) for k, v in sd.items()
-                      if ".layers." in k and any(k.endswith(p + ".weight") for p in PROJECTIONS)})
+        masks.append({k: v == 0 for k, v in saved_projections(path).items()})
     keys = list(masks[0])
     for path, m in zip(paths[1:], masks[1:]):
         if list(m) != keys or any(m[k].shape != masks[0][k].shape for k in keys):

@@ -16,7 +16,7 @@ printed with its shape and its role:
 
 The model is the committed stories260K (assets/models/stories260K: 5 blocks, d=64, 8 query / 4 KV heads,
 head_dim 8, intermediate 172). Text: windows of 64 tokens of licence texts (legal, built into data.py)
-and of WikiText-2 (general; the built-in health text when ../shared/assets is absent). The LoRA phase
+and of WikiText-2 (general; committed in assets/data, or ../shared/assets). The LoRA phase
 before the event is stood in for by a small random B (so U = W + s·B·A differs from W), seeded.
 Runs in a few seconds on a CPU. Figures (matplotlib): the score distribution with the cut, the mask of a
 few rows beside the column energies, and the per-block × projection IoU of legal- vs general-calibrated

@@ -5,7 +5,7 @@ intermediate 172, 5 blocks). The copy committed in <repo>/assets/models/stories2
 LICENSE and SOURCE.md) is loaded first, so grading works on a bare clone; then $XPERT_ASSETS or
 <repo>/../shared/assets. Only if none is found do the checks fall back to a random tiny GQA LLaMA of
 the same shape (3 blocks) fed with byte ids: every graded check still runs, only the printed numbers
-lose their meaning. The general text (WikiText-2) still comes from the shared assets, with the
+lose their meaning. The general text (WikiText-2) comes from the assets (committed in assets/data), with the
 built-in health text as its fallback."""
 import functools
 import os
@@ -29,7 +29,9 @@ SEQ_LEN = 64  # tokens per calibration window (stories260K was trained on 256-to
 
 
 def assets_dir():
-    d = os.environ.get("XPERT_ASSETS") or os.path.join(ROOT, "..", "shared", "assets")
+    """$XPERT_ASSETS, ../shared/assets, else the subsets committed in assets/ (fileio/paths.py's rule)."""
+    from fileio.paths import assets_dir as find
+    d = find()
     return os.path.normpath(d) if os.path.isdir(d) else None
 
 

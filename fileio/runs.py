@@ -13,6 +13,7 @@ import shutil
 
 import torch
 
+from fileio import paths
 from fileio.hf import ModelError, publish_dir
 from model import PROJECTIONS
 
@@ -80,6 +81,20 @@ def check_options(args, methods, domains):
             raise UsageError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such folder (the benchmark assets)")
+    try:
+        args.device, args.dtype = paths.device_dtype(args.device, args.dtype)
+    except ValueError as e:
+        raise UsageError(f"--device/--dtype: {e}")
+    args.data_dir = args.data_dir or paths.assets_dir()
+    if args.data is not None:
+        args.data = os.path.abspath(args.data)  # run.json must point at it from anywhere (eval.py reads it)
+    if args.out is None:
+        tag = args.domain or os.path.splitext(os.path.basename(args.data.rstrip("/")))[0]
+        sp = f"-nm{args.nm[0]}{args.nm[1]}" if args.nm else ("" if args.method == "lora" else f"-s{args.sparsity:g}")
+        args.out = os.path.join("out", f"{tag}-{args.method}{sp}")
+    args.out = args.out.rstrip("/") or "/"
+    if os.path.abspath(args.out) == "/":
+        raise UsageError("--out / is not a run folder")
     return args
 
 
