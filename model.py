@@ -275,6 +275,9 @@ class LLaMA(nn.Module):
             what = "missing" if k not in sd else "unexpected" if k not in expected else \
                 f"{tuple(sd[k].shape)} (expected {expected[k]})"
             raise ModelError(f"{path}: checkpoint does not match config.json: {k} {what} ({len(bad)} problem(s))")
+        bad = next((k for k in expected if not torch.isfinite(sd[k]).all()), None)
+        if bad:
+            raise ModelError(f"{path}: the weights are not finite (NaN or inf in {bad}): a damaged checkpoint?")
         model.load_state_dict({k: sd[k].to(device=device, dtype=dtype) for k in expected},
                               strict=not cfg.tie_word_embeddings, assign=True)
         if cfg.tie_word_embeddings:
@@ -320,6 +323,9 @@ def main(argv=None):
     if not ids:
         print("error: empty prompt and the tokenizer has no BOS token to start from", file=sys.stderr)
         return 2
+    if len(ids) + args.max_new_tokens > model.config.max_position_embeddings:
+        print(f"warning: prompt + new tokens = {len(ids) + args.max_new_tokens} is beyond the model's context "
+              f"({model.config.max_position_embeddings} positions): the output there means little", file=sys.stderr)
     out = model.generate(torch.tensor([ids], device=device), args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, eos_token_id=tok.eos_ids)
     print(tok.decode(out[0].tolist()))  # the prompt and its continuation, as one text

@@ -174,19 +174,10 @@ def train(args, log, rf):
     # AdamW over the adapters: rebuilt after every fold (the adapter is re-initialised there, old moments are meaningless)
     new_opt = lambda: torch.optim.AdamW(xpert.lora_parameters(model), lr=args.lr, weight_decay=0.0)  # noqa: E731
     opt = new_opt()
-    if resumed:
-        ck = load_checkpoint(rf.work, model, device)
-        changed = sorted(k for k, v in ck["args"].items() if k not in ("resume", "overwrite", "ckpt_every", "lr")
-                         and vars(args).get(k) != v)
-        if changed:  # a resumed run must be the run that was interrupted, or its result means nothing
-            raise UsageError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
-        if ck["corpus"] != splits.meta["corpus"]:
-            raise UsageError("--resume: the corpus changed since the interrupted run (its splits would differ)")
+    if resumed:  # the interrupted run's exact state, or a one-line refusal (other options, edited corpus)
+        ck = load_checkpoint(rf.work, model, device, vars(args), splits.meta["corpus"], log)
         run.update({k: ck[k] for k in run})
         opt.load_state_dict(ck["opt"])
-        log(f"resumed from {rf.work}/ckpt.pt at step {run['step']} ({run['events_done']} prune events done)")
-        if ck["args"]["lr"] != args.lr:
-            log(f"resume: learning rate changed from {ck['args']['lr']:g} to {args.lr:g}")
 
     def checkpoint(rng=None):
         save_checkpoint(rf.work, model, opt, run["state"], dict({k: v for k, v in run.items() if k != "state"},

@@ -10,6 +10,7 @@ import math
 import os
 import resource
 import shutil
+import sys
 
 import torch
 
@@ -115,15 +116,13 @@ def check_fits(model, tok, args, log):
     if tok.vocab_size > model.config.vocab_size:
         raise ModelError(f"{model.source_dir}: the tokenizer has {tok.vocab_size} tokens, the embedding only "
                          f"{model.config.vocab_size}")
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise ModelError(f"{model.source_dir}: the weights hold NaN or inf (a damaged checkpoint?)")
     if args.nm and any(blk.get_submodule(p).weight.shape[1] % args.nm[1] for blk in model.model.layers for p in PROJECTIONS):
         dims = sorted({blk.get_submodule(p).weight.shape[1] for blk in model.model.layers for p in PROJECTIONS})
         raise UsageError(f"--nm {args.nm[0]}:{args.nm[1]}: every adapted matrix's input size must be a multiple of "
                          f"{args.nm[1]}; this model has {dims}")
     if args.seq_len > model.config.max_position_embeddings:
-        log(f"warning: --seq-len {args.seq_len} is beyond the model's context ({model.config.max_position_embeddings} "
-            "positions): its numbers mean little there")
+        print(f"warning: --seq-len {args.seq_len} is beyond the model's context ({model.config.max_position_embeddings} "
+              "positions): its numbers mean little there", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------
@@ -161,8 +160,10 @@ def save_checkpoint(work, model, opt, ema_state, extra, rng=None):
             os.remove(os.path.join(work, f))
 
 
-def load_checkpoint(work, model, device):
-    """The checkpoint and its event file loaded into model -> the checkpoint dict (with 'state')."""
+def load_checkpoint(work, model, device, args, corpus, log):
+    """The checkpoint and its event file loaded into model -> the checkpoint dict (with 'state'). A resumed
+    run must be the run that was interrupted, or its result means nothing: same options (the learning rate
+    may change, e.g. lower after a NaN) and the same corpus."""
     path = os.path.join(work, "ckpt.pt")
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
@@ -172,6 +173,12 @@ def load_checkpoint(work, model, device):
     except Exception as e:  # truncated, or not ours
         raise UsageError(f"--resume: cannot read the checkpoint in {work} ({type(e).__name__}); "
                          "start again with --overwrite")
+    changed = sorted(k for k, v in ck["args"].items() if k not in ("resume", "overwrite", "ckpt_every", "lr")
+                     and args.get(k) != v)
+    if changed:
+        raise UsageError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
+    if ck["corpus"] != corpus:
+        raise UsageError("--resume: the corpus changed since the interrupted run (its splits would differ)")
     res = model.load_state_dict({**ck["model"], **ev["tensors"]}, strict=False)
     bad = [k for k in res.missing_keys if "lora_" in k] + list(res.unexpected_keys)
     if bad:
@@ -179,6 +186,9 @@ def load_checkpoint(work, model, device):
     torch.set_rng_state(ck["rng"])
     if ck["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    log(f"resumed from {path} at step {ck['step']} ({ck['events_done']} prune events done)")
+    if ck["args"]["lr"] != args["lr"]:
+        log(f"resume: learning rate changed from {ck['args']['lr']:g} to {args['lr']:g} (allowed: the rest must match)")
     return dict(ck, state=ev["state"])
 
 

@@ -134,8 +134,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_model_dir, cache, tmp_p
     assert not os.path.exists(killed), "a killed run must not leave a finished-looking output folder"
     assert 16 <= step < 40
 
-    r = run([*args, "--out", str(killed), "--resume", "--lr", "0.001"], cache)  # not the run that was killed
-    assert r.returncode == 2 and "different options" in r.stderr and "lr" in r.stderr, r.stderr[-2000:]
+    r = run([*args, "--out", str(killed), "--resume", "--seed", "1"], cache)  # not the run that was killed
+    assert r.returncode == 2 and "different options" in r.stderr and "seed" in r.stderr, r.stderr[-2000:]
     assert os.path.exists(ckpt), "a refused resume must keep the checkpoint"
 
     r = run([*args, "--out", str(killed), "--resume"], cache)
