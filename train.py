@@ -58,7 +58,8 @@ METHODS = {  # PAPER.md §6: EfficientXpert and the baselines it is compared wit
 # every default in one place (the CPU defaults: `python train.py --domain legal` in ~5 minutes on 2 cores)
 DEFAULTS = dict(
     domain=None, data=None, data_dir=None, model=None, method="xpert", preset=None,
-    sparsity=0.4, nm=None, group="out", pbs="output", ema=0.5, pbs_lambda=1e-8, events="0.33,0.67,1.0",
+    sparsity=0.4, nm=None, group="out", foresight="eq2", delta=0.0, pbs="output", ema=0.5, pbs_lambda=1e-8,
+    events="0.33,0.67,1.0",
     rank=8, alpha=16.0, dropout=0.05, lr=5e-4, warmup=0.05, steps=24, batch_size=4, seq_len=256,
     calib="domain", calib_samples=16, eval_windows=16, pubmedqa_n=100, max_docs=None, max_chars=2_000_000,
     device="auto", dtype="auto", seed=0, out=None, resume=False, overwrite=False, ckpt_every=10,
@@ -70,6 +71,12 @@ PRESETS = {"tiny": dict(model=paths.tiny_model_dir(), max_docs=200, steps=40, se
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
+
+    def fraction(text):  # --delta in [0, 1], refused here rather than at the first prune event
+        v = float(text)
+        if not 0.0 <= v <= 1.0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+        return v
     a("--domain", help="built-in domain: legal (licence texts) or health (HPO definitions)")
     a("--data", help="your own corpus instead of --domain: a .txt / .jsonl file or folder of .txt")
     a("--data-dir", help="benchmark assets (CUAD, PubMedQA, WikiText-2); default: $XPERT_ASSETS, ../shared/assets, assets/")
@@ -79,6 +86,10 @@ def parse_args(argv=None):
     a("--sparsity", type=float, help="fraction of zeros in every adapted projection, in [0, 1)")
     a("--nm", help="N:M semi-structured sparsity instead of --sparsity, e.g. 2:4")
     a("--group", choices=("out", "in", "layer"), help="ForeSight selection group (PAPER.md §4.3)")
+    a("--foresight", choices=xpert.FORESIGHT, help="ForeSight score: eq2 = paper Eq. 2; code = the authors' per-module "
+                                                  "factors (PAPER.md §4.4 (a))")
+    a("--delta", type=fraction, help="bounded allocation (PAPER.md §4.4 (b)): groups compete across the matrix, each "
+                                      "pruning a fraction within [p-delta, p+delta]; 0 = equal share, 1 = --group layer")
     a("--pbs", choices=("output", "diag", "none"), help="Partial Brain Surgeon reading (PAPER.md §5)")
     a("--pbs-lambda", type=float, help="PBS ridge λ")
     a("--ema", type=float, help="EMA η of ForeSight scores across prune events")
@@ -184,13 +195,19 @@ def train(args, log, rf):
                         args=vars(args), corpus=splits.meta["corpus"]), rng)
 
     def prune_event(final):
+        """One event; returns how many mask entries changed (0: the adapters were left as they were)."""
         t0 = time.time()
         run["state"] = xpert.prune_event(model, calib, args.sparsity, group=args.group, nm=args.nm,
                                          pbs=None if not method.pbs or args.pbs == "none" else args.pbs, ema=args.ema,
-                                         state=run["state"], lam=args.pbs_lambda, final=final)
+                                         state=run["state"], lam=args.pbs_lambda, final=final,
+                                         foresight=args.foresight, delta=args.delta)
         run["events_done"] += 1
-        run["timings"].append({"event": run["events_done"], "step": run["step"], "final": final, "seconds": time.time() - t0})
-        log(f"prune event {run['events_done']} at step {run['step']}{' (final)' if final else ''}: {time.time() - t0:.1f}s")
+        changed, entries = run["state"]["changed_total"], sum(v.numel() for v in run["state"]["scores"].values())
+        run["timings"].append({"event": run["events_done"], "step": run["step"], "final": final, "seconds": time.time() - t0,
+                               "changed": changed, "entries": entries})
+        log(f"prune event {run['events_done']} at step {run['step']}{' (final)' if final else ''}: {changed} of {entries} "
+            f"mask entries changed, {time.time() - t0:.1f}s")
+        return changed
 
     batches = data.batches(splits.train, args.batch_size, args.seq_len, args.seed, start_step=run["step"])
     model.train()
@@ -200,9 +217,9 @@ def train(args, log, rf):
         if run["events_done"] < len(event_steps) and run["step"] >= event_steps[run["events_done"]]:
             t0 = time.time()
             model.eval()
-            prune_event(final=False)
+            if prune_event(final=False):  # no mask changed: every adapter kept, and so do Adam's moments
+                opt = new_opt()
             model.train()
-            opt = new_opt()
             t_events += time.time() - t0
             due = True  # checkpointed at the next step, once the folded weights gave a finite loss
         x, y = next(batches)

@@ -287,23 +287,30 @@ def effective_weight(mod):
 # -----------------------------------------------------------------------------
 # PAPER.md §4 — ForeSight Mask
 
+FORESIGHT = ("eq2", "code")  # the literal paper Eq. 2 (§4) / the authors' per-module factors (§4.4 (a))
+
+
 def foresight_scores(U, col_energy, e):
     """Paper Eq. 2 in PyTorch layout (PAPER.md §4): s[j, c] = U[j, c]² · ‖X_c‖² · e_j.
     U (m×n) effective weight, col_energy (n,) = ‖X_c‖², e (m,) = energy with which consumers read
     output j. For a linear chain it is exactly ‖ΔZ‖²_F of the consumer's output when U[j,c] alone is
-    zeroed (PAPER.md §4.1; tested by brute force)."""
-    return U.pow(2) * col_energy[None, :] * e[:, None]
+    zeroed (PAPER.md §4.1; tested by brute force). e may also be a squared factor that varies along
+    the row, (m, n) or (1, n): the authors' reading (consumer_energy(foresight="code"), §4.4 (a))."""
+    return U.pow(2) * col_energy[None, :] * (e[:, None] if e.dim() == 1 else e)
 
 
-def consumer_energy(block, nxt, n_head, n_kv, head_dim):
+def consumer_energy(block, nxt, n_head, n_kv, head_dim, foresight="eq2"):
     """e_j of the seven projections of `block` (PAPER.md §4.2 table, GQA included), on effective
     weights. nxt: the next Block (down_proj is read by its q/k/v through its input_layernorm γ), or
     (final_norm, lm_head) for the last block. Returns {proj: e (m,)} in float32.
+    foresight="code": the authors' factors instead (code_factors, PAPER.md §4.4 (a)).
 
     Our reading of the table (the authors' code differs in places): RoPE is ignored (it rotates pairs
     of dims inside a head; the dims' energies are taken as they are), and SwiGLU / attention are
     treated as if the consumer read the output linearly, as the paper's diagonal score does."""
     U = {p.split(".")[-1]: effective_weight(get_sub(block, p)) for p in PROJECTIONS}
+    if foresight == "code":
+        return code_factors(U, n_head, n_kv, head_dim)
     rep = n_head // n_kv  # query heads per KV group; KV head g serves heads g*rep ... g*rep+rep-1
     q_rows = U["q_proj"].pow(2).sum(1).view(n_head, head_dim)  # ‖U_q[h·hd+d, :]‖²
     k_rows = U["k_proj"].pow(2).sum(1).view(n_kv, head_dim)  # ‖U_k[g·hd+d, :]‖²
@@ -323,6 +330,28 @@ def consumer_energy(block, nxt, n_head, n_kv, head_dim):
         readers = [effective_weight(get_sub(nxt, p)) for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")]
     e["mlp.down_proj"] = _f32(gamma).pow(2) * sum(Wc.pow(2).sum(0) for Wc in readers)
     return e
+
+
+def code_factors(U, n_head, n_kv, head_dim):
+    """The authors' per-module propagation factors (PAPER.md §4.4 (a) table), *squared*, so that
+    foresight_scores gives s[j, c] = (|U[j,c]|·‖X_c‖·factor)²: per call the same ranking as their
+    first-power score, and the EMA then averages squared scores, the same kind of quantity as Eq. 2.
+    U: {short proj name: effective weight}. Returns {proj: factor²}, each (m,) (a row factor), (m, n)
+    or (1, n) (indexed by the input column c: these re-rank weights inside a row).
+    Only the factors are theirs: U keeps s = α/r, modules are scored together, and the EMA applies."""
+    rep = n_head // n_kv
+    n = U["q_proj"].shape[1]
+    q_cols = U["q_proj"].pow(2).view(n_head, head_dim, n).sum(1)  # (n_head, n) ‖U_q[rows of head h, c]‖²
+    k_cols = U["k_proj"].pow(2).view(n_kv, head_dim, n).sum(1)  # (n_kv, n) ‖U_k[rows of group g, c]‖²
+    o_cols = U["o_proj"].pow(2).sum(0).view(n_kv, rep, head_dim)  # ‖U_o[:, h·hd+d]‖², heads by group
+    f = {}
+    f["self_attn.q_proj"] = k_cols.repeat_interleave(rep * head_dim, 0)  # (m_q, n): K of head h's group
+    f["self_attn.k_proj"] = q_cols.view(n_kv, rep, n).mean(1).repeat_interleave(head_dim, 0)  # RMS² over h∈g
+    f["self_attn.v_proj"] = o_cols.mean(1).reshape(-1)  # (m_v,) RMS² over h∈g of o's column norms
+    f["self_attn.o_proj"] = (0.5 * (U["gate_proj"].pow(2).sum(0).sqrt() + U["up_proj"].pow(2).sum(0).sqrt())).pow(2)
+    f["mlp.gate_proj"] = f["mlp.up_proj"] = U["down_proj"].pow(2).sum(1)[None, :]  # (1, n): row c of down_proj
+    f["mlp.down_proj"] = torch.ones(U["down_proj"].shape[0], device=U["down_proj"].device)  # plain Wanda²
+    return f
 
 
 def n_pruned(size, p):
@@ -347,12 +376,39 @@ def _prune_groups(scores, total):
     return keep
 
 
-def select_mask(scores, sparsity, group="out", nm=None):
+def _prune_bounded(scores, total, sparsity, delta):
+    """Keep-mask for scores (G, S) pruning exactly `total` weights with every group's pruned count
+    between lo = floor((p−δ)·S) and hi = ceil((p+δ)·S), clipped to [0, S] (PAPER.md §4.4 (b)), at the
+    least total pruned score. Greedy, optimal for these bounds (a pruned score's cost does not depend
+    on the rest of the mask, so an exchange argument applies): every group prunes its lo lowest,
+    then the rest of the budget goes to the globally lowest remaining scores among groups still
+    under hi. δ = 0 is _prune_groups (on distinct scores), δ = 1 the whole matrix."""
+    G, S = scores.shape
+    lo = max(0, math.floor((sparsity - delta) * S + 1e-6))  # the 1e-6: float guards as in n_pruned
+    hi = min(S, math.ceil((sparsity + delta) * S - 1e-6))
+    lo, hi = min(lo, total // G), max(hi, -(-total // G))  # the even share always fits: total is feasible
+    order = scores.argsort(dim=1)  # (G, S) each group's scores, ascending
+    keep = torch.ones(G, S, dtype=torch.bool, device=scores.device)
+    keep.scatter_(1, order[:, :lo], False)
+    extra = total - G * lo
+    if extra:
+        cand = scores.gather(1, order[:, lo:hi])  # (G, hi−lo) the scores a group may still lose, ascending
+        pick = cand.reshape(-1).topk(extra, largest=False).indices  # the globally lowest of them
+        rows = pick // (hi - lo)
+        keep[rows, order[rows, lo + pick % (hi - lo)]] = False
+    return keep
+
+
+def select_mask(scores, sparsity, group="out", nm=None, delta=0.0):
     """Keep-mask (bool, True = keep) pruning the lowest scores (PAPER.md §4.3). Every group gives the
     matrix exactly floor(p·m·n) zeros: 'out' (per output row, Wanda's convention), 'in' (per input
     column) — each group loses floor or ceil of p·size, see _prune_groups — or 'layer' (the whole
-    matrix). nm=(N, M): in every run of M consecutive inputs of a row, the N lowest are pruned
-    (overrides sparsity and group). Counts are exact whatever the ties (top-k, not a threshold)."""
+    matrix). delta > 0 (PAPER.md §4.4 (b)): the groups compete across the matrix, each keeping its
+    pruned fraction within [p−δ, p+δ] (_prune_bounded; 'layer' is one group, which δ cannot change).
+    nm=(N, M): in every run of M consecutive inputs of a row, the N lowest are pruned
+    (overrides sparsity, group and delta). Counts are exact whatever the ties (top-k, not a threshold)."""
+    if not 0.0 <= delta <= 1.0:  # also refuses nan
+        raise ValueError(f"delta must be in [0, 1], not {delta}")
     m, n = scores.shape
     if nm is not None:
         N, M = nm
@@ -361,10 +417,11 @@ def select_mask(scores, sparsity, group="out", nm=None):
         idx = s.topk(N, dim=-1, largest=False).indices
         return torch.ones_like(s, dtype=torch.bool).scatter_(-1, idx, False).reshape(m, n)
     total = n_pruned(m * n, sparsity)
+    groups = lambda S: _prune_bounded(S, total, sparsity, delta) if delta > 0 else _prune_groups(S, total)  # noqa: E731
     if group == "out":
-        return _prune_groups(scores, total)
+        return groups(scores)
     if group == "in":
-        return _prune_groups(scores.t(), total).t()
+        return groups(scores.t()).t()
     if group == "layer":
         return _prune_groups(scores.reshape(1, -1), total).reshape(m, n)
     raise ValueError(f"group must be 'out', 'in' or 'layer', not {group!r}")
@@ -436,25 +493,32 @@ def pca_A(H, r):
 
 @torch.no_grad()
 def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", ema=0.5, state=None, lam=1e-8,
-                final=False, pbs_final=False, a_init=None, batch_size=8, progress=True):
+                final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, batch_size=8, progress=True):
     """One prune event (PAPER.md §3) on a model with adapters (add_lora), block by block:
         capture X of the block's inputs → ForeSight scores s_k (on effective weights) → EMA
         score_k = η·s_k + (1−η)·score_{k−1} (first event: s_1) → mask at sparsity p → PBS ΔB (A fixed)
         → fold W ← (U + s·ΔB·A) ⊙ M → reset the adapter (A random, or PCA of H with a_init="pca"; B = 0).
     final=True is the end-of-training event: the same without PBS (pbs_final=True keeps it); the model
-    then holds exactly p-sparse folded weights (merge_lora takes the wrappers off).
+    then holds exactly p-sparse weights (merge_lora folds what is left and takes the wrappers off).
 
-    calib_ids (N, T); group/nm: select_mask; pbs: 'output' (§5.1), 'diag' (§5.2) or None; lam: the PBS
-    ridge. state: the previous event's EMA state ({'scores': {layer_name: float32 CPU tensor}, 'events': k},
-    torch.save-able for resume); returns the new one.
+    calib_ids (N, T); group/nm/delta: select_mask; foresight: 'eq2' (paper Eq. 2) or 'code' (the authors'
+    factors, PAPER.md §4.4 (a)); pbs: 'output' (§5.1), 'diag' (§5.2) or None; lam: the PBS ridge.
+    state: the previous event's EMA state ({'scores': {layer_name: float32 CPU tensor}, 'events': k},
+    torch.save-able for resume); returns the new one, with 'changed' ({layer_name: mask entries that
+    flipped at this event}) and 'changed_total'.
 
-    U = (W + s·B·A) ⊙ M_old, the weight the network computes now. A weight pruned earlier has U = 0,
-    so its s_k is 0; the EMA can still keep it (revive it) at value 0, from where masked LoRA can grow
-    it. The final event therefore prunes exact zeros first: the merged model is then exactly p-sparse."""
+    Scores use the unmasked U = W + s·B·A (PAPER.md §4.4 point 1): at a pruned position W = 0 but s·B·A
+    is not, so a pruned weight keeps a score and can come back through the EMA ("revival"), entering
+    the fold at its value s·B·A. PBS compensates what the network loses, R = (U ⊙ M_old) ⊙ (1 − M_new):
+    zero when the mask did not change. A matrix whose mask did not change is left as it is (W, A, B:
+    its function is already the folded one, and its adapter keeps training). A revived weight whose U
+    is exactly 0 would leave the saved model more than p sparse, so the final event prunes exact zeros first."""
     assert pbs in (None, "output", "diag"), "pbs must be 'output', 'diag' or None"
     assert a_init in (None, "pca"), "a_init must be None or 'pca'"
+    assert foresight in FORESIGHT, f"foresight must be one of {FORESIGHT}"
     use_pbs = pbs if (not final or pbs_final) else None
     state = {"scores": {}, "events": 0} if state is None else state
+    state["changed"] = {}
     cfg, layers = model.config, model.model.layers
     was_training = model.training
     model.eval()  # no adapter dropout while capturing
@@ -463,39 +527,46 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
                                                  progress=progress, desc=f"prune event {state['events'] + 1}"):
             # ForeSight scores, EMA, masks: all seven from the block's weights before any of them changes
             nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
-            e = consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+            e = consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, foresight)
             plan = {}
             for proj in PROJECTIONS:
                 lin, name = get_sub(block, proj), layer_name(b, proj)
                 assert isinstance(lin, LoRALinear), f"{name} has no adapter: call add_lora first"
-                U = lin.effective_weight()  # (m, n) float32
-                s_k = foresight_scores(U, stats[proj].energy, e[proj])  # (m, n) paper Eq. 2
+                # (m, n) float32, no mask on the adapter (§4.4); W ⊙ M_old: W is zero there after a fold anyway
+                U = _f32(lin.weight) * lin.mask + lin.scale * (_f32(lin.lora_B) @ _f32(lin.lora_A))
+                s_k = foresight_scores(U, stats[proj].energy, e[proj])  # (m, n) paper Eq. 2 (or §4.4 (a))
                 prev = state["scores"].get(name)
                 score = s_k if prev is None else ema * s_k + (1 - ema) * prev.to(s_k.device)  # §4.3 EMA
                 state["scores"][name] = score.cpu()
-                if final:  # a weight revived by the EMA but still exactly 0 would leave the saved model
-                    score = score * (U != 0)  # more than p sparse: the final mask keeps only live weights
-                plan[proj] = (U, select_mask(score, sparsity, group, nm))
+                if final:  # scores are ≥ 0: an exact zero of U goes before any live weight
+                    score = score.masked_fill(U == 0, -1.0)
+                keep = select_mask(score, sparsity, group, nm, delta)
+                state["changed"][name] = int((keep != lin.mask).sum())
+                plan[proj] = (U, keep)
 
             pca_cache = {}  # q/k/v (and gate/up) share one H: one eigendecomposition
             for proj in PROJECTIONS:
                 lin = get_sub(block, proj)
                 U, keep = plan[proj]
+                if not state["changed"][layer_name(b, proj)]:
+                    continue  # the same mask: nothing for PBS to do (R = 0), nothing to fold; W, A, B stay
                 A = _f32(lin.lora_A)  # (r, n)
                 if a_init == "pca":  # PAPER.md §5.3: A from the principal directions of this layer's inputs
                     if id(stats[proj]) not in pca_cache:
                         pca_cache[id(stats[proj])] = pca_A(stats[proj].gram, lin.rank)
                     A = pca_cache[id(stats[proj])]
+                U_net = U * lin.mask  # what the network computes now: PBS's R = U_net ⊙ (1 − M_new)
                 if use_pbs == "output":
-                    U = U + lin.scale * (pbs_output(U, A, keep, stats[proj].gram, lin.scale, lam) @ A)  # §5.1
+                    U = U + lin.scale * (pbs_output(U_net, A, keep, stats[proj].gram, lin.scale, lam) @ A)  # §5.1
                 elif use_pbs == "diag":
-                    U = U + lin.scale * (pbs_diag(U, A, keep, stats[proj].rms, lin.scale, lam) @ A)  # §5.2
+                    U = U + lin.scale * (pbs_diag(U_net, A, keep, stats[proj].rms, lin.scale, lam) @ A)  # §5.2
                 lin.weight.copy_((U * keep).to(lin.weight.dtype))  # the fold, with B = ΔB: W ← (U + s·ΔB·A) ⊙ M
                 lin.mask.copy_(keep)
                 lin.reset_adapter(A.to(lin.lora_A.dtype) if a_init == "pca" else None)
             del plan, stats, U, keep, pca_cache  # nothing of block b outlives it (one block at a time)
     finally:
         model.train(was_training)
+    state["changed_total"] = sum(state["changed"].values())
     state["events"] += 1
     return state
 

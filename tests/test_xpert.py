@@ -523,8 +523,11 @@ def test_prune_event_on_stories260K():
     s2b = xpert.prune_event(twin, ids, p, state=loaded, final=True, progress=False)
     s_new = xpert.prune_event(fresh, ids, p, state=None, final=True, progress=False)  # s_2 alone
     assert s2["events"] == 2
-    for k in first:  # score_2 = η·s_2 + (1−η)·score_1 with η = 0.5
-        torch.testing.assert_close(s2["scores"][k], 0.5 * s_new["scores"][k] + 0.5 * first[k])
+    for k in first:  # score_2 = η·s_2 + (1−η)·score_1 with η = 0.5 — checked on block 0, whose inputs are the
+        # embeddings in both runs: pruned weights now score s·B·A (PAPER.md §4.4), so `fresh` (s_2 alone) picks other
+        # masks than the EMA run, and from block 1 on the two runs capture different (sequential) inputs
+        if k.startswith("model.layers.0."):
+            torch.testing.assert_close(s2["scores"][k], 0.5 * s_new["scores"][k] + 0.5 * first[k])
         assert torch.equal(s2["scores"][k], s2b["scores"][k])
     for (k, v), (k2, v2) in zip(model.state_dict().items(), twin.state_dict().items()):
         if not k.endswith("lora_A"):
