@@ -71,12 +71,6 @@ PRESETS = {"tiny": dict(model=paths.tiny_model_dir(), max_docs=200, steps=40, se
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-
-    def fraction(text):  # --delta in [0, 1], refused here rather than at the first prune event
-        v = float(text)
-        if not 0.0 <= v <= 1.0:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-        return v
     a("--domain", help="built-in domain: legal (licence texts) or health (HPO definitions)")
     a("--data", help="your own corpus instead of --domain: a .txt / .jsonl file or folder of .txt")
     a("--data-dir", help="benchmark assets (CUAD, PubMedQA, WikiText-2); default: $XPERT_ASSETS, ../shared/assets, assets/")
@@ -88,7 +82,7 @@ def parse_args(argv=None):
     a("--group", choices=("out", "in", "layer"), help="ForeSight selection group (PAPER.md §4.3)")
     a("--foresight", choices=xpert.FORESIGHT, help="ForeSight score: eq2 = paper Eq. 2; code = the authors' per-module "
                                                   "factors (PAPER.md §4.4 (a))")
-    a("--delta", type=fraction, help="bounded allocation (PAPER.md §4.4 (b)): groups compete across the matrix, each "
+    a("--delta", type=float, help="bounded allocation (PAPER.md §4.4 (b)): groups compete across the matrix, each "
                                       "pruning a fraction within [p-delta, p+delta]; 0 = equal share, 1 = --group layer")
     a("--pbs", choices=("output", "diag", "none"), help="Partial Brain Surgeon reading (PAPER.md §5)")
     a("--pbs-lambda", type=float, help="PBS ridge λ")

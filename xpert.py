@@ -557,9 +557,9 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
                     A = pca_cache[id(stats[proj])]
                 U_net = U * lin.mask  # what the network computes now: PBS's R = U_net ⊙ (1 − M_new)
                 if use_pbs == "output":
-                    U = U + lin.scale * (pbs_output(U_net, A, keep, stats[proj].gram, lin.scale, lam) @ A)  # §5.1
+                    U = U + lin.scale * (pbs_output(U_net, A, keep, stats[proj].gram.to(U.dtype), lin.scale, lam) @ A)  # §5.1
                 elif use_pbs == "diag":
-                    U = U + lin.scale * (pbs_diag(U_net, A, keep, stats[proj].rms, lin.scale, lam) @ A)  # §5.2
+                    U = U + lin.scale * (pbs_diag(U_net, A, keep, stats[proj].rms.to(U.dtype), lin.scale, lam) @ A)  # §5.2
                 lin.weight.copy_((U * keep).to(lin.weight.dtype))  # the fold, with B = ΔB: W ← (U + s·ΔB·A) ⊙ M
                 lin.mask.copy_(keep)
                 lin.reset_adapter(A.to(lin.lora_A.dtype) if a_init == "pca" else None)

@@ -75,6 +75,7 @@ def check_options(args, methods, domains):
     checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"), ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
               ("ema", 0 < args.ema <= 1, "in (0, 1]"), ("lr", 0 < args.lr < math.inf, "positive"),
               ("alpha", 0 < args.alpha < math.inf, "positive"), ("pbs_lambda", 0 <= args.pbs_lambda < math.inf, "at least 0"),
+              ("delta", 0 <= args.delta <= 1, "in [0, 1]"),
               ("max_docs", args.max_docs is None or args.max_docs >= 4, "at least 4 (one document per split)"),
               ("max_chars", args.max_chars is None or args.max_chars >= 1, "at least 1")]
     for name, ok, what in checks:  # comparisons with nan are False: a nan option fails here too
