@@ -33,7 +33,7 @@ from data import DataError
 from fileio import paths
 from fileio.hf import ModelError, read_config_dict
 from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, eta_minutes, load_checkpoint,
-                         peak_memory_mb, rng_state, save_checkpoint)
+                         peak_memory_mb, rng_state, save_checkpoint, warn_context)
 from model import LLaMA, Tokenizer
 
 
@@ -153,6 +153,7 @@ def train(args, log, rf):
     calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed,  # (N, T)
                                name="WikiText-2 calibration tenth" if args.calib == "general" else "calib")
     test_w = data.windows(splits.test, args.seq_len, args.eval_windows or None)  # (W, T)
+    warn_context(model, args.seq_len)  # after the data checks: an error there is the one line a user needs
     event_steps = [min(args.steps, round(f * args.steps)) for f in args.events] if method.events else []
     log(f"plan: model {model.source_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
         f"{args.device}/{args.dtype}) | method {args.method}, sparsity {args.sparsity:g}"

@@ -121,8 +121,11 @@ def check_fits(model, tok, args, log):
         dims = sorted({blk.get_submodule(p).weight.shape[1] for blk in model.model.layers for p in PROJECTIONS})
         raise UsageError(f"--nm {args.nm[0]}:{args.nm[1]}: every adapted matrix's input size must be a multiple of "
                          f"{args.nm[1]}; this model has {dims}")
-    if args.seq_len > model.config.max_position_embeddings:
-        print(f"warning: --seq-len {args.seq_len} is beyond the model's context ({model.config.max_position_embeddings} "
+
+
+def warn_context(model, seq_len):
+    if seq_len > model.config.max_position_embeddings:
+        print(f"warning: --seq-len {seq_len} is beyond the model's context ({model.config.max_position_embeddings} "
               "positions): its numbers mean little there", file=sys.stderr)
 
 
