@@ -132,38 +132,78 @@ def sequential_blocks(model, calib_ids, batch_size=8, gram=False, progress=False
 
 # -----------------------------------------------------------------------------
 # PAPER.md §3 — masked LoRA
+#
+# Invariant this section relies on: W ⊙ M = W (the frozen base weight is exactly zero wherever the mask is
+# 0). Every writer of a mask keeps it: fold() and prune_event write W and M together, a one-shot prune
+# (prune_oneshot, for Wanda→LoRA) zeroes W before add_lora gets its masks, and a resumed checkpoint holds
+# both. The masked forward therefore computes (W + s·B·A) ⊙ M as W + (s·B·A) ⊙ M without re-masking W
+# every call. Tests assert the invariant after folds and events; the forward does not (an m×n scan).
+#
+# Precision (as PEFT): the adapters A, B are float32 (float64 over a float64 base) whatever the base's
+# dtype, so AdamW's moments and updates far below bf16's resolution (2⁻⁸ relative) are not rounded
+# away, and fp16's AdamW eps (1e-8 → 0 in fp16) does not turn the first step into 0/0. The base runs in its
+# own dtype; fold() sums in float32 and rounds into W's dtype once.
 
-FORWARD_MODES = ("exact", "lowrank")
+
+class _MaskedLoRAFn(torch.autograd.Function):
+    """y = x·((W + s·B·A) ⊙ M)ᵀ (PAPER.md §3) as ONE matmul, with adapter gradients computed by hand so
+    that no m×n tensor is kept for backward (autograd on the expression would save s·B·A ⊙ M and the
+    merged weight, two m×n tensors per layer, until backward).
+    Shapes: x (..., n) in the compute dtype (W's); W, M (m×n); A (r×n), B (m×r) in the adapter dtype.
+    Relies on W ⊙ M = W (see above), so (W + s·B·A) ⊙ M = W + (s·B·A) ⊙ M.
+    Backward, with G = dYᵀ·X (m×n, the gradient w.r.t. the merged weight):
+        dX = dY·(W + s·B·A ⊙ M)          (the merged weight recomputed, transient)
+        dA = s·Bᵀ·(G ⊙ M),  dB = s·(G ⊙ M)·Aᵀ   (in the adapter dtype)"""
+
+    @staticmethod
+    def merged(W, A, B, M, s):
+        """W + (s·B·A) ⊙ M (m×n), summed in the adapter dtype and rounded once into W's dtype."""
+        U = torch.addmm(W.to(A.dtype), B, A, alpha=s)  # (m, n) W + s·B·A; W ⊙ M = W, so masking U masks s·B·A
+        return U.mul_(M).to(W.dtype)  # (m, n)
+
+    @staticmethod
+    def forward(ctx, x, W, A, B, M, s):
+        ctx.s = s
+        ctx.save_for_backward(x, W, A, B, M)  # x and references to existing tensors: nothing m×n is new
+        return F.linear(x, _MaskedLoRAFn.merged(W, A, B, M, s))  # (..., m); the merged weight dies here
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B, M = ctx.saved_tensors
+        s = ctx.s
+        dx = None
+        if ctx.needs_input_grad[0]:  # not for the first block's q/k/v: their input comes from frozen layers
+            dx = dy @ _MaskedLoRAFn.merged(W, A, B, M, s)  # (..., n)
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])  # (N, m), (N, n)
+        G = (dy2.T @ x2).to(A.dtype).mul_(M)  # (m, n) G ⊙ M: the merged weight's gradient at kept positions
+        dA = s * (B.T @ G)  # (r, n)
+        dB = s * (G @ A.T)  # (m, r)
+        return dx, None, dA, dB, None, None
 
 
 class LoRALinear(nn.Module):
     """A projection with a frozen base weight W, a mask M and a LoRA adapter (B, A) (PAPER.md §2-3).
 
-    forward_mode="exact" (the default): y = x·((W + s·B·A) ⊙ M)ᵀ — the paper's masked LoRA. A pruned
-      weight never contributes, and gradients of A, B only see kept positions. The model trained is
-      exactly the model that fold() produces. Cost: the dense m×n product s·B·A is formed (and kept
-      for backward) every step, and the weight gradient is a full m×n outer product, as in full
-      fine-tuning. With dropout active the adapter path reads dropout(x):
-      y = x·(W⊙M)ᵀ + dropout(x)·((s·B·A)⊙M)ᵀ (one matmul when dropout is off).
-    forward_mode="lowrank": y = x·(W⊙M)ᵀ + s·((dropout(x)·Aᵀ)·Bᵀ) — plain LoRA cost. During training
-      the adapter also acts at pruned positions; that contribution is dropped at the next fold, so this
-      is NOT the same model at the next fold (the folded model differs by x·((s·B·A)⊙(1−M))ᵀ). No exact
-      low-rank equivalent exists: (B·A)⊙M is not low-rank, so its gradient s·(G⊙M)·Aᵀ needs the full
-      m×n gradient G either way.
-    While nothing is pruned (M all ones: the dense phase, the lora baselines) both modes run plain
-      LoRA, x·Wᵀ + s·((x·Aᵀ)·Bᵀ): the same function as the exact form, at LoRA's cost.
-    fold(): W ← (W + s·B·A) ⊙ M, then A re-initialised, B = 0 — idempotent, same in both modes."""
+    Nothing pruned (M all ones: the dense phase before the first event, the lora baselines): plain LoRA,
+      y = x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ, at LoRA's cost.
+    Something pruned: masked LoRA, y = x·((W + s·B·A) ⊙ M)ᵀ exactly — a pruned weight never contributes,
+      gradients of A and B see only kept positions, and the model trained is exactly the model fold()
+      produces. One matmul with the merged weight (see _MaskedLoRAFn); it costs one m×n product s·B·A
+      per forward and per backward, and the m×n weight gradient G = dYᵀ·X, as in full fine-tuning.
+      NO adapter dropout here: dropout(x) on the adapter path alone would need a second full matmul
+      x·Wᵀ + dropout(x)·((s·B·A) ⊙ M)ᵀ, so once the mask holds a zero, train() and eval() compute the same.
+    Adapter A, B are float32 over a bf16/fp16 base (see the note above _MaskedLoRAFn).
+    Requires W ⊙ M = W (the note above): pass a mask only with a base already zero off it.
+    fold(): W ← (W + s·B·A) ⊙ M in float32, rounded once into W's dtype; then A re-initialised, B = 0."""
 
-    def __init__(self, base: nn.Linear, rank=8, alpha=16, dropout=0.05, mask=None, forward_mode="exact"):
+    def __init__(self, base: nn.Linear, rank=8, alpha=16, dropout=0.05, mask=None):
         super().__init__()
-        assert forward_mode in FORWARD_MODES, f"forward_mode must be one of {FORWARD_MODES}"
         m, n = base.weight.shape
         self.in_features, self.out_features, self.rank = n, m, rank
         self.scale = alpha / rank  # s = α/r
-        self.forward_mode = forward_mode
         self.weight = base.weight  # same Parameter: the state-dict key stays "...q_proj.weight"
         self.weight.requires_grad_(False)
-        dev, dt = self.weight.device, self.weight.dtype
+        dev, dt = self.weight.device, _f32(self.weight).dtype  # adapters: float32 (float64 over float64)
         mask = torch.ones(m, n, dtype=torch.bool, device=dev) if mask is None else mask.to(dev, torch.bool)
         assert mask.shape == (m, n), f"mask {tuple(mask.shape)} does not match weight {(m, n)}"
         self.register_buffer("mask", mask)
@@ -183,13 +223,13 @@ class LoRALinear(nn.Module):
         self.lora_B.zero_()
 
     def delta(self):
-        """s·B·A (m×n), the adapter's dense update."""
+        """s·B·A (m×n) in the adapter dtype, the adapter's dense update."""
         return self.scale * (self.lora_B @ self.lora_A)
 
     def effective_weight(self):
-        """(W + s·B·A) ⊙ M in float32: the weight the exact forward computes and fold() writes."""
+        """(W + s·B·A) ⊙ M in float32 (float64 over float64): the weight the forward computes and fold() writes."""
         W, A, B = (_f32(t) for t in (self.weight, self.lora_A, self.lora_B))
-        return (W + self.scale * (B @ A)) * self.mask
+        return (W + self.scale * (B @ A)) * self.mask  # (m, n)
 
     def pruned(self):
         """Does the mask hold a zero? Cached on the buffer's identity and in-place version counter
@@ -201,33 +241,24 @@ class LoRALinear(nn.Module):
         return self._pruned
 
     def forward(self, x):
-        if self.pruned():
-            return self._masked_forward(x)
-        # nothing pruned (the dense phase before the first event, the lora baselines): both modes are
-        # plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ — the same function as the exact form, at LoRA's cost
-        # (add_ with alpha: the scale and the sum in one pass over the output; F.linear's output is not saved
-        # for backward, so adding into it in place is safe)
-        return F.linear(x, self.weight).add_(F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B), alpha=self.scale)
-
-    def _masked_forward(self, x):
-        Wm = self.weight * self.mask
-        if self.forward_mode == "exact":
-            dm = self.delta() * self.mask
-            if not (self.training and self.dropout.p > 0):
-                return F.linear(x, Wm + dm)
-            return F.linear(x, Wm) + F.linear(self.dropout(x), dm)
-        return F.linear(x, Wm) + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        if self.pruned():  # masked LoRA, exact, one matmul, no adapter dropout (class docstring)
+            return _MaskedLoRAFn.apply(x, self.weight, self.lora_A, self.lora_B, self.mask, self.scale)
+        # plain LoRA: the base in x's dtype, the adapter path in the adapter dtype (x cast up, as PEFT),
+        # summed into the base output in place (add_ with alpha: the scale and the sum in one pass; F.linear's
+        # output is not saved for backward, so adding into it is safe), rounded once into x's dtype
+        xa = self.dropout(x.to(self.lora_A.dtype))  # (..., n)
+        return F.linear(x, self.weight).add_(F.linear(F.linear(xa, self.lora_A), self.lora_B), alpha=self.scale)
 
     @torch.no_grad()
     def fold(self):
-        """W ← (W + s·B·A) ⊙ M; A re-initialised; B = 0 (PAPER.md §3). Idempotent: with B = 0 and W
-        already zero off the mask, a second fold leaves W unchanged."""
+        """W ← (W + s·B·A) ⊙ M; A re-initialised; B = 0 (PAPER.md §3). Summed in float32, rounded into W's
+        dtype once. Idempotent: with B = 0 and W already zero off the mask, a second fold leaves W unchanged."""
         self.weight.copy_(self.effective_weight().to(self.weight.dtype))
         self.reset_adapter()
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, s={self.scale:g}, "
-                f"mode={self.forward_mode}, kept={self.mask.float().mean().item():.3f}")
+                f"adapter={str(self.lora_A.dtype).replace('torch.', '')}, kept={self.mask.float().mean().item():.3f}")
 
 
 def lora_layers(model):
@@ -239,17 +270,18 @@ def lora_layers(model):
                 yield layer_name(b, proj), mod
 
 
-def add_lora(model, rank=8, alpha=16, dropout=0.05, masks=None, forward_mode="exact"):
+def add_lora(model, rank=8, alpha=16, dropout=0.05, masks=None):
     """Wrap the seven projections of every block in LoRALinear (in place; returns model). masks:
     optional {layer_name: bool (m×n)} — e.g. Wanda's masks for the Wanda→LoRA baseline (PAPER.md §6),
-    so the masked adapter keeps the pruned base's pattern. Everything but the adapters is frozen."""
+    so the masked adapter keeps the pruned base's pattern; the base must already be zero off them
+    (W ⊙ M = W, the note above _MaskedLoRAFn). Everything but the adapters is frozen."""
     model.requires_grad_(False)
     for b, block in enumerate(model.model.layers):
         for proj in PROJECTIONS:
             base = get_sub(block, proj)
             assert not isinstance(base, LoRALinear), f"{layer_name(b, proj)} already has an adapter"
             mask = None if masks is None else masks.get(layer_name(b, proj))
-            set_sub(block, proj, LoRALinear(base, rank, alpha, dropout, mask, forward_mode))
+            set_sub(block, proj, LoRALinear(base, rank, alpha, dropout, mask))
     return model
 
 

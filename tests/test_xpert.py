@@ -117,80 +117,7 @@ def test_capture_removes_hooks_after_exception():
     assert no_hooks(model)
 
 
-# ----------------------------------------------------------------------------- masked LoRA (§3)
-
-@pytest.mark.parametrize("mode", xpert.FORWARD_MODES)
-def test_lora_with_zero_B_equals_plain_model(mode):
-    model = tiny_model()
-    ids = torch.randint(0, 64, (2, 9))
-    with torch.no_grad():
-        ref = model(ids)
-        xpert.add_lora(model, rank=4, dropout=0.1, forward_mode=mode)
-        torch.testing.assert_close(model(ids), ref, rtol=0, atol=0)  # eval: dropout off; B = 0 exactly
-        model.train()
-        out = model(ids)  # train mode, dropout on the adapter path only: still B = 0
-    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
-    assert all(isinstance(xpert.get_sub(model.model.layers[0], p), xpert.LoRALinear) for p in PROJECTIONS)
-    params = xpert.lora_parameters(model)
-    assert len(params) == 2 * 7 * 2 and {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in params}
-
-
-def _masked_layer(mode, seed=0, m=12, n=16, r=4):
-    torch.manual_seed(seed)
-    lin = xpert.LoRALinear(nn.Linear(n, m, bias=False), rank=r, alpha=8, dropout=0.0,
-                           mask=torch.rand(m, n) > 0.4, forward_mode=mode)
-    with torch.no_grad():
-        lin.lora_B.normal_()
-    return lin
-
-
-@pytest.mark.parametrize("mode", xpert.FORWARD_MODES)
-def test_pruned_base_weights_change_nothing(mode):
-    lin = _masked_layer(mode)
-    x = torch.randn(5, 16)
-    with torch.no_grad():
-        y1 = lin(x)
-        lin.weight.add_(torch.randn_like(lin.weight) * 100 * ~lin.mask)  # only pruned positions
-        y2 = lin(x)
-    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
-
-
-def test_exact_forward_is_the_folded_model_and_lowrank_is_not():
-    x = torch.randn(5, 16, dtype=torch.float64)
-    for mode in xpert.FORWARD_MODES:
-        lin = _masked_layer(mode).double()
-        with torch.no_grad():
-            W, A, B, M, s = lin.weight.clone(), lin.lora_A.clone(), lin.lora_B.clone(), lin.mask, lin.scale
-            y = lin(x)
-            folded = x @ ((W + s * B @ A) * M).T  # PAPER.md §3: y = x·((W + s·B·A) ⊙ M)ᵀ
-            lin.fold()
-            torch.testing.assert_close(lin(x), folded, rtol=1e-12, atol=1e-12)
-        if mode == "exact":
-            torch.testing.assert_close(y, folded, rtol=1e-12, atol=1e-12)
-        else:  # the cheaper form trains a different function: s·B·A acts at pruned positions too
-            torch.testing.assert_close(y, x @ (W * M).T + s * (x @ A.T) @ B.T, rtol=1e-12, atol=1e-12)
-            assert (y - folded).abs().max() > 1e-3
-
-
-def test_exact_mode_gradients_only_see_kept_positions():
-    lin = _masked_layer("exact").double()
-    x = torch.randn(7, 16, dtype=torch.float64)
-    gy = torch.randn(7, 12, dtype=torch.float64)
-    (lin(x) * gy).sum().backward()
-    G = (gy.T @ x) * lin.mask  # gradient w.r.t. the effective weight, masked
-    torch.testing.assert_close(lin.lora_B.grad, lin.scale * G @ lin.lora_A.detach().T)
-    torch.testing.assert_close(lin.lora_A.grad, lin.scale * lin.lora_B.detach().T @ G)
-    assert lin.weight.grad is None
-
-
-def test_fold_is_idempotent():
-    lin = _masked_layer("exact")
-    lin.fold()
-    W1 = lin.weight.detach().clone()
-    assert torch.equal(lin.lora_B, torch.zeros_like(lin.lora_B))
-    lin.fold()
-    assert torch.equal(lin.weight, W1)
-    assert torch.equal(W1 != 0, lin.mask)  # zeros exactly where pruned
+# masked LoRA (§3, LoRALinear): tests/test_lora.py
 
 
 # ----------------------------------------------------------------------------- ForeSight (§4)
@@ -536,28 +463,6 @@ def test_prune_event_on_stories260K():
     assert all((~mk).sum(1).eq(mk.shape[1] // 2).all() for mk in masks)  # the mask stays exactly p
 
 
-def test_unpruned_layer_takes_the_lora_path_with_the_exact_forms_values_and_gradients():
-    """With an all-ones mask LoRALinear runs plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ (LoRA's cost); it must be the
-    same function, with the same adapter gradients, as the exact masked form x·((W + s·B·A) ⊙ M)ᵀ."""
-    torch.manual_seed(0)
-    base = torch.nn.Linear(12, 7, bias=False).double()
-    lin = xpert.LoRALinear(base, rank=3, alpha=6, dropout=0.0)
-    with torch.no_grad():
-        lin.lora_B.normal_()
-    x = torch.randn(5, 12, dtype=torch.float64)
-    y = lin(x)
-    gA, gB = torch.autograd.grad(y.pow(2).sum(), (lin.lora_A, lin.lora_B))
-    A = lin.lora_A.detach().clone().requires_grad_(True)
-    B = lin.lora_B.detach().clone().requires_grad_(True)
-    ref = x @ ((base.weight.detach() + 2.0 * B @ A) * torch.ones(7, 12, dtype=torch.float64)).T
-    rA, rB = torch.autograd.grad(ref.pow(2).sum(), (A, B))
-    assert torch.allclose(y, ref, atol=1e-12)
-    assert torch.allclose(gA, rA, atol=1e-10) and torch.allclose(gB, rB, atol=1e-10)
-    with torch.no_grad():  # one pruned weight switches it to the masked path, which drops that weight
-        lin.mask[0, 0] = False
-    assert torch.allclose(lin(x), x @ lin.effective_weight().double().T, atol=1e-12)
-
-
 @pytest.mark.parametrize("pbs", ["output", "diag"])
 def test_final_event_skips_pbs_unless_asked(pbs):
     # PAPER.md §3: the final event is capture → scores → mask → fold without PBS, so the merged weight is
@@ -576,27 +481,3 @@ def test_final_event_skips_pbs_unless_asked(pbs):
                 assert (lin.weight[~lin.mask] == 0).all()
             else:
                 assert torch.equal(lin.weight, expect), n
-
-
-def test_forward_follows_mask_changes_made_in_place():
-    # LoRALinear caches "is anything pruned?" on the mask's in-place version counter: every way a mask
-    # changes in this code (item assignment, copy_, load_state_dict) must switch the forward to the exact form
-    torch.manual_seed(0)
-    lin = xpert.LoRALinear(torch.nn.Linear(10, 6, bias=False).double(), rank=2, alpha=4, dropout=0.0)
-    with torch.no_grad():
-        lin.lora_B.normal_()
-    x = torch.randn(3, 10, dtype=torch.float64)
-    exact = lambda: x @ lin.effective_weight().T  # noqa: E731  (W + s·B·A) ⊙ M, computed directly
-    torch.testing.assert_close(lin(x), exact())
-    lin.mask[0, 0] = False
-    torch.testing.assert_close(lin(x), exact())
-    assert not torch.allclose(lin(x), x @ (lin.weight + lin.scale * lin.lora_B @ lin.lora_A).T)
-    lin.mask.copy_(torch.rand(6, 10) > 0.5)
-    torch.testing.assert_close(lin(x), exact())
-    sd = {k: v.clone() for k, v in lin.state_dict().items()}
-    sd["mask"] = torch.ones(6, 10, dtype=torch.bool)
-    sd["mask"][2] = False
-    lin.load_state_dict(sd)
-    torch.testing.assert_close(lin(x), exact())
-    lin.mask.fill_(True)  # back to nothing pruned: the plain-LoRA path, the same function
-    torch.testing.assert_close(lin(x), exact())
