@@ -139,50 +139,6 @@ def cost(out_root, domain, reps, extra):
     return "\n".join(lines)
 
 
-def step_cost(reps, batch, seq, sparsity=0.4, rank=8):
-    """One training step (forward + backward + AdamW) of the default model with adapters, in each form of
-    the LoRA forward (PAPER.md §3), interleaved repetitions, medians — the part of xpert's cost that the
-    masked forward adds. Forms: plain LoRA (mask all ones: what `lora` runs) with the default dropout and
-    with dropout 0 (dropout itself costs: a random mask per adapted layer), exact masked LoRA with the
-    default dropout, and exact with dropout 0. Each form is compared with plain LoRA at the same dropout,
-    so the ratio is what the mask adds."""
-    import torch
-    import xpert
-    from model import LLaMA
-    forms = {"plain LoRA, dropout 0.05": ("exact", 0.05, False), "plain LoRA, dropout 0": ("exact", 0.0, False),
-             "exact masked, dropout 0.05": ("exact", 0.05, True), "exact masked, dropout 0": ("exact", 0.0, True)}
-    models = {}
-    for name, (mode, drop, pruned) in forms.items():
-        m = xpert.add_lora(LLaMA.from_pretrained(), rank=rank, dropout=drop)
-        if pruned:  # a p-sparse mask of the right shape (which weights does not matter for the cost)
-            g = torch.Generator().manual_seed(0)
-            for _, lin in xpert.lora_layers(m):
-                lin.mask.copy_(xpert.select_mask(torch.rand(lin.mask.shape, generator=g), sparsity))
-        m.train()
-        models[name] = (m, torch.optim.AdamW(xpert.lora_parameters(m), lr=1e-4))
-    idx = torch.randint(0, 49152, (batch, seq + 1), generator=torch.Generator().manual_seed(1))  # (B, T+1)
-
-    def step(m, opt):
-        _, loss = m(idx[:, :-1], targets=idx[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    times = {n: [] for n in forms}
-    for n in forms:
-        step(*models[n])  # warm-up
-    for _ in range(reps):
-        for n in forms:
-            t = time.perf_counter()
-            step(*models[n])
-            times[n].append(time.perf_counter() - t)
-    med = {n: statistics.median(v) for n, v in times.items()}
-    plain = {drop: med[n] for n, (_, drop, pruned) in forms.items() if not pruned}  # dropout -> plain LoRA step
-    lines = [f"one training step, {batch}×{seq} tokens, r={rank}, p={sparsity:g}, {torch.get_num_threads()} threads, "
-             f"{reps} interleaved repetitions (median; ratio to plain LoRA at the same dropout):"]
-    lines += [f"  {n:40s} {med[n]:6.2f}s  {med[n] / plain[forms[n][1]]:5.2f}x" for n in forms]
-    return "\n".join(lines)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(HERE, "grid"), help="where cells and results go")
@@ -193,12 +149,8 @@ def main():
     p.add_argument("--table", action="store_true", help="only rebuild results.json / results.md")
     p.add_argument("--cost", action="store_true", help="measure xpert vs lora time and memory instead of the grid")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--step-cost", action="store_true", help="time one training step in each LoRA forward form")
     a, extra = p.parse_known_args()
     os.makedirs(a.out, exist_ok=True)
-    if a.step_cost:
-        print(step_cost(a.reps, 4, 256))
-        return
     if a.cost:
         print(cost(a.out, a.domains.split(",")[0], a.reps, extra))
         return
