@@ -274,3 +274,23 @@ def test_fp16_base_adamw_steps_are_finite():
         assert torch.isfinite(loss) and logits.dtype == torch.float16
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
     assert all(lin.lora_B.abs().max() > 0 for _, lin in xpert.lora_layers(model))
+
+
+def test_add_lora_adapts_the_seven_projections_only():
+    """PAPER.md §2: the seven projections of every block get adapters; embeddings, norms and lm_head are never
+    adapted, never trained, and the prune event leaves them bit-identical."""
+    model = tiny_model(seed=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    xpert.add_lora(model, rank=2)
+    adapted = {n for n, _ in xpert.lora_layers(model)}
+    assert adapted == {f"model.layers.{b}.{p}" for b in range(len(model.model.layers)) for p in PROJECTIONS}
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, xpert.LoRALinear)]
+    assert sorted(wrapped) == sorted(adapted)  # nothing else (lm_head, embeddings) is wrapped
+    params = xpert.lora_parameters(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.lora_{x}" for n in adapted for x in "AB"} and len(params) == 2 * len(adapted)
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    xpert.prune_event(model, ids, 0.5, progress=False)
+    after = model.state_dict()
+    for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"):
+        assert torch.equal(after[k], before[k]), k
