@@ -308,9 +308,9 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args(argv)
-    if not (args.max_new_tokens >= 0 and args.temperature >= 0 and (args.top_k is None or args.top_k >= 1)):
-        p.error("--max-new-tokens and --temperature must be >= 0 (not nan), --top-k >= 1")
     try:
+        if not (args.max_new_tokens >= 0 and 0 <= args.temperature < float("inf") and (args.top_k is None or args.top_k >= 1)):
+            raise ValueError("--max-new-tokens and --temperature must be >= 0 and finite, --top-k >= 1")
         from fileio.paths import device_dtype
         device, _ = device_dtype(args.device, args.dtype)
         model = LLaMA.from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))

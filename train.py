@@ -206,43 +206,41 @@ def train(args, log, rf):
 
     batches = data.batches(splits.train, args.batch_size, args.seq_len, args.seed, start_step=run["step"])
     model.train()
-    bar = tqdm(total=args.steps, initial=run["step"], desc=f"train {args.method}", dynamic_ncols=True)
-    t_train, t_events, n_tok, due = time.time(), 0.0, 0, False
-    while run["step"] < args.steps:
-        if run["events_done"] < len(event_steps) and run["step"] >= event_steps[run["events_done"]]:
-            t0 = time.time()
-            model.eval()
-            if prune_event(final=False):  # no mask changed: every adapter kept, and so do Adam's moments
-                opt = new_opt()
-            model.train()
-            t_events += time.time() - t0
-            due = True  # checkpointed at the next step, once the folded weights gave a finite loss
-        x, y = next(batches)
-        rng = rng_state()  # before this step's dropout draws: a checkpoint of the state below replays them
-        for g in opt.param_groups:
-            g["lr"] = lr_at(run["step"], args)
-        _, loss = model(x.to(device), targets=y.to(device))
-        if not torch.isfinite(loss):
-            bar.close()
-            kept = os.path.join(rf.work, "ckpt.pt")
-            where = f"the last good checkpoint is kept in {kept} (--resume accepts a lower --lr)" \
-                if os.path.exists(kept) else "no checkpoint was written yet"
-            raise DataError(f"loss became {loss.item()} at step {run['step']}; stopped, {where}; "
-                            f"{'fp16 overflows easily: try --dtype bfloat16 or float32' if dtype == torch.float16 else 'try a lower --lr'}")
-        if due:  # written only now that this state gave a finite loss: a divergence never overwrites the last good one
-            checkpoint(rng)
-            due = False
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(xpert.lora_parameters(model), 1.0)
-        opt.step()
-        run["step"] += 1
-        run["losses"].append(round(loss.item(), 5))
-        n_tok += args.batch_size * args.seq_len
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{n_tok / max(1e-9, time.time() - t_train - t_events):.0f}")
-        bar.update(1)
-        due = due or bool(args.ckpt_every and run["step"] % args.ckpt_every == 0 and run["step"] < args.steps)
-    bar.close()
+    with tqdm(total=args.steps, initial=run["step"], desc=f"train {args.method}", dynamic_ncols=True) as bar:  # closed on errors too
+        t_train, t_events, n_tok, due = time.time(), 0.0, 0, False
+        while run["step"] < args.steps:
+            if run["events_done"] < len(event_steps) and run["step"] >= event_steps[run["events_done"]]:
+                t0 = time.time()
+                model.eval()
+                if prune_event(final=False):  # a mask changed: its adapter was reset, Adam's moments are stale
+                    opt = new_opt()
+                model.train()
+                t_events += time.time() - t0
+                due = True  # checkpointed at the next step, once the folded weights gave a finite loss
+            x, y = next(batches)
+            rng = rng_state()  # before this step's dropout draws: a checkpoint of the state below replays them
+            for g in opt.param_groups:
+                g["lr"] = lr_at(run["step"], args)
+            _, loss = model(x.to(device), targets=y.to(device))
+            if not torch.isfinite(loss):
+                kept = os.path.join(rf.work, "ckpt.pt")
+                where = f"the last good checkpoint is kept in {kept} (--resume accepts a lower --lr)" \
+                    if os.path.exists(kept) else "no checkpoint was written yet"
+                raise DataError(f"loss became {loss.item()} at step {run['step']}; stopped, {where}; "
+                                f"{'fp16 overflows easily: try --dtype bfloat16 or float32' if dtype == torch.float16 else 'try a lower --lr'}")
+            if due:  # written only now that this state gave a finite loss: a divergence never overwrites the last good one
+                checkpoint(rng)
+                due = False
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(xpert.lora_parameters(model), 1.0)
+            opt.step()
+            run["step"] += 1
+            run["losses"].append(round(loss.item(), 5))
+            n_tok += args.batch_size * args.seq_len
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{n_tok / max(1e-9, time.time() - t_train - t_events):.0f}")
+            bar.update(1)
+            due = due or bool(args.ckpt_every and run["step"] % args.ckpt_every == 0 and run["step"] < args.steps)
     log(f"training done: loss first {run['losses'][0] if run['losses'] else float('nan'):.3f} -> last "
         f"{run['losses'][-1] if run['losses'] else float('nan'):.3f}")
 

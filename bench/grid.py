@@ -24,7 +24,7 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root: train.py lives there
 sys.path.insert(0, HERE)
 
-import eval as evaluation  # noqa: E402
+from bench.report import relative  # noqa: E402
 GRID_METHODS = ["lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda-lora", "foresight",
                 "xpert:output", "xpert:diag"]
 
@@ -87,7 +87,7 @@ def table(out_root):
         # (same rank, steps, lr, ...); a variant such as group=in or calib=general shares the default one
         ref = next((r for r in cells.values() if r["domain"] == c["domain"] and r["seed"] == c["seed"]
                     and r["method"] == "lora" and r["lora_part"] == c["lora_part"]), None)
-        rel = {m: evaluation.relative(m, v, ref["metrics"].get(m)) for m, v in c["metrics"].items()} if ref else {}
+        rel = {m: relative(m, v, ref["metrics"].get(m)) for m, v in c["metrics"].items()} if ref else {}
         c["relative"] = rel
         rows.setdefault((c["domain"], c["method"], c["variant"], c["sparsity"]), []).append(c)
     lines = ["| domain | method | variant | sparsity | seeds | " + " | ".join(

@@ -20,6 +20,7 @@ class Tokenizer:
                 except (OSError, ValueError, AssertionError):
                     raise ModelError(f"{f}: not a readable JSON object")
                 d.update(obj)
+        which = "tokenizer.json" if os.path.exists(os.path.join(path, "tokenizer.json")) else "tokenizer.model"
         try:
             if os.path.exists(os.path.join(path, "tokenizer.json")):
                 from tokenizers import Tokenizer as HFTokenizer
@@ -34,7 +35,7 @@ class Tokenizer:
         except ModelError:
             raise
         except Exception as e:  # the libraries raise their own types for a damaged file
-            raise ModelError(f"{path}: cannot read its tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            raise ModelError(f"{os.path.join(path, which)}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         self.bos_id = cfg.get("bos_token_id")
         eos = cfg.get("eos_token_id")
         self.eos_id = eos[0] if isinstance(eos, list) else eos
