@@ -18,6 +18,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
+from corpora import benchmarks as bench  # noqa: E402
 from model import PROJECTIONS, LLaMA, LlamaConfig  # noqa: E402
 
 try:  # the Tokenizer is moving out of model.py
@@ -75,7 +76,7 @@ def corpus_text(name, chars=40_000):
     elif name == "general":
         d = assets_dir()
         if d and os.path.exists(os.path.join(d, data.WIKITEXT2_FILE)):
-            return data.wikitext2_text(d)[:chars]
+            return bench.wikitext2_text(d)[:chars]
         return corpus_text("health", chars)
     else:
         raise ValueError(name)

@@ -270,7 +270,7 @@ def killed(cache, tmp_path_factory):
     args = ["train.py", "--model", MODEL, "--data", str(corpus), "--seq-len", "64", "--calib-samples", "4",
             "--eval-windows", "2", "--method", "lora", "--steps", "6", "--ckpt-every", "1", "--out", str(out)]
     p = Bg(args, cache)
-    wait_for(lambda: os.path.exists(os.path.join(partial, "ckpt.pt")), p, 150, "its first checkpoint")
+    wait_for(lambda: os.path.exists(os.path.join(partial, "ckpt.pt")), p, 600, "its first checkpoint")
     p.kill()
     assert not os.path.exists(out)
     snap = base / "snapshot"
@@ -319,7 +319,7 @@ class TestConcurrentRuns:
         args = ["train.py", "--model", MODEL, *FAST, "--method", "lora", "--steps", "400", "--ckpt-every", "2",
                 "--out", str(out)]
         p = Bg(args, cache, nice=19, OMP_NUM_THREADS="1")  # run 1 must not slow the runs that test it
-        wait_for(lambda: os.path.exists(os.path.join(partial, "ckpt.pt")), p, 150, "run 1's first checkpoint")
+        wait_for(lambda: os.path.exists(os.path.join(partial, "ckpt.pt")), p, 600, "run 1's first checkpoint")
         yield SimpleNamespace(args=args, out=out, partial=partial, proc=p, ino=os.stat(partial).st_ino)
         p.kill()
 
