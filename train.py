@@ -265,8 +265,8 @@ def main(argv=None):
         if args.data is not None:
             data.load_corpus(args.data)
         with RunFolder(args.out, args.resume, args.overwrite) as rf:
-            if args.resume and rf.finished and not os.path.exists(os.path.join(rf.work, "ckpt.pt")):
-                rf.publish()  # killed between the final save and the publish: the result is all there
+            if args.resume and rf.finished:  # killed after run.json (written last) and before the publish:
+                rf.publish()  # the result is all there, with or without the checkpoint beside it
                 print(f"outputs: {args.out}/ (published the finished run found in {rf.work})")
                 return 0
             log.file = open(os.path.join(rf.work, "train.log"), "a")

@@ -370,17 +370,23 @@ def test_concurrent_resumes_locked(killed, cache):
     assert os.path.exists(os.path.join(killed.out, "model.safetensors"))
 
 
-def test_finished_partial_resume_publishes(trained, cache, tmp_path):
-    """3. A kill between the `summary:` line and the rename leaves a finished expert in .partial with no
-    ckpt.pt: --resume must publish it (weights unchanged), not say 'no checkpoint'."""
+@pytest.mark.parametrize("with_ckpt", [False, True], ids=["no-ckpt", "ckpt-still-there"])
+def test_finished_partial_resume_publishes(trained, cache, tmp_path, with_ckpt):
+    """3. A kill between the `summary:` line and the rename leaves a finished expert in .partial (run.json is
+    written last), with or without its ckpt.pt: --resume must publish it (weights unchanged, no retraining),
+    not say 'no checkpoint' nor train again from the checkpoint."""
     out, partial = str(trained.out), str(trained.out) + ".partial"
     snap = tmp_path / "snap"
     shutil.copytree(out, snap)
     os.rename(out, partial)
+    if with_ckpt:
+        with open(os.path.join(partial, "ckpt.pt"), "wb") as f:
+            f.write(b"not read: the finished result wins")
     try:
         r = run([*trained.args, "--resume"], cache)
         assert r.returncode == 0, short(r)
-        assert os.path.isdir(out) and not os.path.exists(partial)
+        assert "train lora" not in r.stderr and "published the finished run" in r.stdout, short(r)
+        assert os.path.isdir(out) and not os.path.exists(partial) and not os.path.exists(os.path.join(out, "ckpt.pt"))
         for name in ("model.safetensors", "config.json", "run.json"):
             assert open(os.path.join(out, name), "rb").read() == open(snap / name, "rb").read(), name
     finally:
