@@ -190,6 +190,9 @@ def load_checkpoint(work, model, device, args, corpus, log):
     torch.set_rng_state(ck["rng"])
     if ck["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    for f in os.listdir(work):  # an event file newer than the checkpoint is from the killed attempt: the resumed
+        if f.startswith("event-") and f != f"event-{ck['events_done']}.pt":  # run redoes that event (perhaps at
+            os.remove(os.path.join(work, f))  # another --lr), and save_checkpoint must not take the stale file for it
     log(f"resumed from {path} at step {ck['step']} ({ck['events_done']} prune events done)")
     if ck["args"]["lr"] != args["lr"]:
         log(f"resume: learning rate changed from {ck['args']['lr']:g} to {args['lr']:g} (allowed: the rest must match)")

@@ -741,3 +741,25 @@ def test_resume_with_changed_lr(killed, cache):
     said = [l for l in log if not l.startswith("plan:") and re.search(r"\blr\b|learning rate", l, re.I)
             and re.search(r"chang|->|→|instead|differ|was|from|lower", l, re.I)]
     assert said, "train.log does not mention the learning-rate change"
+
+
+def test_resume_drops_an_event_file_newer_than_its_checkpoint(tmp_path):
+    """A kill after event k+1's file was written but before ckpt.pt pointed at it leaves a stale event-(k+1).pt;
+    the resumed run redoes event k+1 (maybe at another --lr) and must write its own file, not keep the stale one."""
+    import torch
+    import xpert
+    from fileio import runs
+    from model import LLaMA, LlamaConfig
+    torch.manual_seed(0)
+    model = xpert.add_lora(LLaMA(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                             num_attention_heads=4, num_key_value_heads=2)), rank=2)
+    opt = torch.optim.AdamW(xpert.lora_parameters(model))
+    work, args = str(tmp_path), {"lr": 1.0}
+    runs.save_checkpoint(work, model, opt, {"scores": {}}, {"events_done": 1, "step": 3, "args": args, "corpus": "c"})
+    stale = os.path.join(work, "event-2.pt")
+    torch.save({"events_done": 2, "state": "stale", "tensors": {}}, stale)  # the killed attempt's event 2
+    runs.load_checkpoint(work, model, "cpu", args, "c", log=lambda *a: None)
+    assert not os.path.exists(stale) and os.path.exists(os.path.join(work, "event-1.pt"))
+    runs.save_checkpoint(work, model, opt, {"scores": {}, "fresh": True}, {"events_done": 2, "step": 6, "args": args,
+                                                                            "corpus": "c"})
+    assert torch.load(stale, weights_only=False)["state"] == {"scores": {}, "fresh": True}
