@@ -120,7 +120,7 @@ def parse_args(argv=None):
 
 def resolve(args):
     """Check every option before anything touches the disk (fileio/runs.py); fill in derived values."""
-    return check_options(args, METHODS, data.DOMAINS)
+    return check_options(args, data.DOMAINS)
 
 
 def lr_at(step, args):
@@ -137,7 +137,7 @@ def train(args, log, rf):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = LLaMA.from_pretrained(args.model, device=device, dtype=dtype)
     tok = Tokenizer(model.source_dir)
-    check_fits(model, tok, args, log)
+    check_fits(model, tok, args)
     splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, seed=args.seed,
                           max_docs=args.max_docs, max_chars=args.max_chars)
     log(data.describe(splits))

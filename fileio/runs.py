@@ -46,7 +46,7 @@ def peak_memory_mb(device):
 # -----------------------------------------------------------------------------
 # options: every check before anything touches the disk
 
-def check_options(args, methods, domains):
+def check_options(args, domains):
     if (args.domain is None) == (args.data is None):
         raise UsageError("give exactly one of --domain {legal,health} or --data PATH")
     if args.domain is not None and args.domain not in domains:
@@ -112,7 +112,7 @@ def eta_minutes(args, fwd_tok_s, n_events, n_calib, n_test, method):
     return (train + events + evals) / fwd_tok_s / 60
 
 
-def check_fits(model, tok, args, log):
+def check_fits(model, tok, args):
     """What would only fail after training (or silently mislead): checked before the first step."""
     if tok.vocab_size > model.config.vocab_size:
         raise ModelError(f"{model.source_dir}: the tokenizer has {tok.vocab_size} tokens, the embedding only "
