@@ -1,16 +1,18 @@
 """
-The results grid (PAPER.md §6-7): every method of train.py at several sparsities, on both domains,
-with identical data, steps, rank and seeds; each cell is a real `train.py` run whose run.json is kept,
-so an interrupted grid resumes where it stopped (finished cells are skipped). Writes results.json and
-a markdown table of relative performance against the dense `lora` run of the same domain and seed.
+The results grid (PAPER.md §6-7, issue 12): EfficientXpert's ForeSight readings against the baselines, at 40%
+and 50%, on both domains, 2 seeds, every cell a real `train.py` run with the same data, budget and seed.
 
-    python bench.py                               # the full grid (hours on a 2-core CPU; run it in parts)
-    python bench.py --domains legal --sparsities 0.5 --methods lora,lora-wanda,xpert --seeds 0
-    python bench.py --cost                        # xpert vs lora training time and peak memory, interleaved
-    python bench.py --table                       # only rebuild the table from finished cells
-    python bench.py --step-cost --reps 5          # one training step: plain LoRA vs the masked-LoRA forms
+    python bench/grid.py                      # every cell not yet in results/grid.json (hours on 2 CPU cores)
+    python bench/grid.py --sparsities 0.4 --seeds 0 --domains legal --cells lora,wanda-lora,xpert-eq2-early
+    python bench/grid.py --list               # the cells and their exact commands, nothing run
+    python bench/grid.py --table              # rewrite the tables in RESULTS.md from results/grid.json
+    python bench/grid.py --cost --reps 1      # xpert vs lora training time and peak memory, interleaved
 
-Every option not named here is passed through to train.py (e.g. --steps 20 --seq-len 128).
+results/grid.json is the record: one entry per finished cell (its exact command, resolved config, every
+metric, the metric relative to the dense `lora` run of the same domain and seed, measured sparsity, mask
+entries changed per event, wall time, peak memory, the commit that ran it), no weights. A cell already in it
+is skipped, so the grid resumes across sessions and machines; a cell killed mid-run resumes from its
+checkpoint under --out.
 """
 import argparse
 import json
@@ -25,96 +27,155 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo r
 sys.path.insert(0, HERE)
 
 from bench.report import relative  # noqa: E402
-GRID_METHODS = ["lora", "lora-magnitude", "lora-wanda", "lora-sparsegpt", "wanda-lora", "foresight",
-                "xpert:output", "xpert:diag"]
+
+RECORD = os.path.join(HERE, "results", "grid.json")
+BUDGET = ["--steps", "24", "--lr", "0.0005"]  # pinned, so a later change of train.py's defaults keeps cells comparable
+BASELINES = {"wanda-lora": [], "lora-wanda": [], "lora-sparsegpt": []}  # train.py --method <name>
+READINGS = {  # PAPER.md §4.4: the three readings of ForeSight's propagation factor, as xpert variants
+    "eq2": ["--foresight", "eq2"],  # Eq. 2 literally, equal share per output row (= Wanda^2 on U under `out`)
+    "code": ["--foresight", "code"],  # (a) the authors' per-module factors
+    "delta0.1": ["--foresight", "eq2", "--delta", "0.1"],  # (b) bounded row allocation, rows within p ± 0.1
+}
+SCHEDULES = {"paper": "0.33,0.67,1.0", "early": "0.04,1.0"}  # PAPER.md §3; early = one event after 1 step
 
 
-# config keys that do not make a cell a variant: what the grid itself varies, and bookkeeping. Every other
-# option that differs from train.py's DEFAULTS (group, rank, calib, events, steps, seq_len, model, ...) gives
-# the cell a row of its own, so cells with different settings never share a row or a mean.
-NOT_VARIANT = ("domain", "method", "pbs", "sparsity", "seed", "out", "resume", "overwrite", "ckpt_every", "device",
-               "data_dir", "eval_windows", "pubmedqa_n")
-LORA_KEYS = ("rank", "alpha", "dropout", "lr", "warmup", "steps", "batch_size", "seq_len", "model", "data", "max_docs",
-             "dtype")  # what the dense reference must share with a cell
+def cells(domains, sparsities, seeds, only=None):
+    """[(name, label, command args)] in the order they run: per sparsity, seed and domain the dense `lora`
+    reference first, then the baselines, then every reading under both schedules."""
+    out = []
+    for sp in sparsities:
+        for seed in seeds:
+            for d in domains:
+                common = ["--domain", d, "--seed", str(seed), *BUDGET]
+                todo = [(f"{d}-lora-seed{seed}", "lora", ["--method", "lora", *common])]
+                todo += [(f"{d}-{b}-s{sp:g}-seed{seed}", b, ["--method", b, "--sparsity", str(sp), *common, *a])
+                         for b, a in BASELINES.items()]
+                todo += [(f"{d}-xpert-{r}-{s}-s{sp:g}-seed{seed}", f"xpert-{r}-{s}",
+                          ["--method", "xpert", "--sparsity", str(sp), "--events", ev, *common, *a])
+                         for r, a in READINGS.items() for s, ev in SCHEDULES.items()]
+                out += [c for c in todo if (only is None or c[1] in only) and c[0] not in {o[0] for o in out}]
+    return out
 
 
-def run_cell(out_root, domain, method, sparsity, seed, extra):
-    """One train.py run; skipped when its run.json already exists (that is what makes the grid resumable).
-    Extra train.py options become part of the cell's name (e.g. ...-group-in), so variants never mix."""
-    tag = re.sub(r"[^\w.=-]+", "_", "".join("-" + x.lstrip("-") for x in extra))  # a flat, safe folder name
-    name = f"{domain}-lora{tag}-seed{seed}" if method == "lora" else \
-        f"{domain}-{method.replace(':', '-')}-s{sparsity:g}{tag}-seed{seed}"
-    out = os.path.join(out_root, name)
-    if os.path.exists(os.path.join(out, "run.json")):
-        return out, "done"
-    m, _, pbs = method.partition(":")
-    cmd = [sys.executable, os.path.join(HERE, "train.py"), "--domain", domain, "--method", m, "--seed", str(seed),
-           "--sparsity", str(sparsity), "--out", out, *extra]
-    if pbs:
-        cmd += ["--pbs", pbs]
-    if os.path.exists(out + ".partial"):
-        cmd.append("--resume")  # a cell killed mid-run continues from its checkpoint
-    t = time.time()
-    r = subprocess.run(cmd, cwd=HERE)
-    if r.returncode != 0:
-        raise SystemExit(f"error: cell {name} failed (exit {r.returncode}): {' '.join(cmd)}")
-    return out, f"ran in {time.time() - t:.0f}s"
+def load_record():
+    if not os.path.exists(RECORD):
+        return []
+    with open(RECORD) as f:
+        return json.load(f)
 
 
-def table(out_root):
-    """results.json + a markdown table (relative to the dense lora run of the same domain and seed)."""
-    import train
-    default = vars(train.resolve(train.parse_args(["--domain", "legal"])))  # the resolved defaults (domain is no variant)
-    cells = {}
-    for name in sorted(os.listdir(out_root)):
-        f = os.path.join(out_root, name, "run.json")
-        if os.path.exists(f):
-            with open(f) as fh:
-                j = json.load(fh)
-            c = j["config"]
-            variant = ",".join(f"{k}={c[k]}" for k in sorted(c) if k not in NOT_VARIANT and c[k] != default.get(k))
-            lora_part = {k: c.get(k) for k in LORA_KEYS}
-            cells[name] = {"domain": c["domain"], "variant": variant,
-                           "method": c["method"] + (f":{c['pbs']}" if c["method"] == "xpert" else ""),
-                           "sparsity": 0.0 if c["method"] == "lora" else c["sparsity"], "seed": c["seed"],
-                           "lora_part": lora_part,
-                           "metrics": {k: v["value"] for k, v in j["metrics"].items()},
-                           "context": j["metrics"], "measured_sparsity": j["sparsity"]["overall"],
-                           "wall_time_s": j["wall_time_s"], "peak_memory_mb": j["peak_memory_mb"]}
+def save_record(records):
+    """Rewrite results/grid.json atomically, sorted, with every cell's relative numbers recomputed (a dense
+    reference that lands after a pruned cell still fills that cell in)."""
+    refs = {(r["domain"], r["seed"]): r["metrics"] for r in records if r["label"] == "lora"}
+    for r in records:
+        ref = refs.get((r["domain"], r["seed"]), {})
+        r["relative_to_lora"] = {m: relative(m, v, ref.get(m)) for m, v in r["metrics"].items()}
+    records.sort(key=lambda r: (r["sparsity"], r["domain"], r["label"], r["seed"]))
+    os.makedirs(os.path.dirname(RECORD), exist_ok=True)
+    with open(RECORD + ".tmp", "w") as f:
+        json.dump(records, f, indent=1)
+        f.write("\n")
+    os.replace(RECORD + ".tmp", RECORD)
+
+
+def record_of(name, label, args, run_dir, commit):
+    """One grid.json entry from a finished run folder's run.json."""
+    with open(os.path.join(run_dir, "run.json")) as f:
+        j = json.load(f)
+    c = j["config"]
+    return {"cell": name, "label": label, "domain": c["domain"], "method": c["method"],
+            "sparsity": 0.0 if c["method"] == "lora" else c["sparsity"], "seed": c["seed"],
+            "command": "python train.py " + " ".join(args), "commit": commit,
+            "metrics": {k: v["value"] for k, v in j["metrics"].items()},
+            "metric_context": {k: {x: y for x, y in v.items() if x != "value"} for k, v in j["metrics"].items()},
+            "base_domain_test_ppl": j["base"]["domain_test_ppl"]["value"],
+            "measured_sparsity": j["sparsity"]["overall"],
+            "changed_per_event": [t.get("changed") for t in j.get("timings", [])],
+            "wall_time_s": round(j["wall_time_s"], 1), "train_time_s": round(j["train_time_s"], 1),
+            "peak_memory_mb": round(j["peak_memory_mb"]), "config": c}
+
+
+def run_cells(todo, out_root):
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    for i, (name, label, args) in enumerate(todo):
+        records = load_record()
+        if any(r["cell"] == name for r in records):
+            print(f"[grid] {name}: in {os.path.relpath(RECORD, HERE)}", flush=True)
+            continue
+        out = os.path.join(out_root, name)
+        if not os.path.exists(os.path.join(out, "run.json")):
+            cmd = [sys.executable, os.path.join(HERE, "train.py"), *args, "--out", out]
+            if os.path.exists(out + ".partial"):
+                cmd.append("--resume")  # a cell killed mid-run continues from its checkpoint
+            t = time.time()
+            if subprocess.run(cmd, cwd=HERE).returncode != 0:
+                raise SystemExit(f"error: cell {name} failed: {' '.join(cmd)}")
+            print(f"[grid] {name}: ran in {time.time() - t:.0f}s ({i + 1}/{len(todo)})", flush=True)
+        records = load_record()  # re-read: another grid process may have added cells meanwhile
+        records = [r for r in records if r["cell"] != name] + [record_of(name, label, args, out, commit)]
+        save_record(records)
+
+
+def spread(vals, fmt="{:.3f}"):
+    """mean ± half the range (with 2 seeds: the distance of each seed from the mean)."""
+    m = statistics.mean(vals)
+    return fmt.format(m) + (" ± " + fmt.format((max(vals) - min(vals)) / 2) if len(vals) > 1 else "")
+
+
+def tables(records):
+    """The markdown tables RESULTS.md shows, computed from grid.json alone."""
     rows = {}
-    for name, c in cells.items():
-        # the dense reference: the lora cell of the same domain and seed trained exactly like this cell
-        # (same rank, steps, lr, ...); a variant such as group=in or calib=general shares the default one
-        ref = next((r for r in cells.values() if r["domain"] == c["domain"] and r["seed"] == c["seed"]
-                    and r["method"] == "lora" and r["lora_part"] == c["lora_part"]), None)
-        rel = {m: relative(m, v, ref["metrics"].get(m)) for m, v in c["metrics"].items()} if ref else {}
-        c["relative"] = rel
-        rows.setdefault((c["domain"], c["method"], c["variant"], c["sparsity"]), []).append(c)
-    lines = ["| domain | method | variant | sparsity | seeds | " + " | ".join(
-        ["domain ppl", "general ppl (wikitext2)", "benchmark", "rel. (mean of the ppls)"]) + " |", "|---" * 9 + "|"]
-    for (domain, method, variant, sp), cs in sorted(rows.items()):
-        def fmt(metric):
-            vals = [c["metrics"][metric] for c in cs if metric in c["metrics"]]
+    for r in records:
+        rows.setdefault((r["domain"], r["sparsity"], r["label"]), []).append(r)
+    bench = {"legal": "cuad_ppl", "health": "pubmedqa_abstracts_ppl"}
+    lines = ["| domain | sparsity | cell | seeds | domain test ppl (% of LoRA) | benchmark ppl (%) | WikiText-2 ppl (%) "
+             "| mean of the ppl ratios | mask entries changed per event |", "|---" * 9 + "|"]
+    means = {}
+    for (d, sp, label), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "lora", kv[0][2])):
+        def col(metric):
+            vals = [r["metrics"][metric] for r in rs if metric in r["metrics"]]
+            rels = [r["relative_to_lora"].get(metric) for r in rs]
             if not vals:
                 return "–"
-            s = f"{statistics.mean(vals):.3f}" + (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else "")
-            rels = [c["relative"].get(metric) for c in cs if c["relative"].get(metric) is not None]
-            return s + (f" ({100 * statistics.mean(rels):.1f}%)" if rels else "")
-        bench = ("pubmedqa_abstracts_ppl", "pubmedqa_acc") if domain == "health" else ("cuad_ppl",)
-        # the mean over the perplexities only: at 135M parameters PubMedQA accuracy sits at the majority-class
-        # rate (~0.5 on the sample) before and after training, so its ratio is noise, shown but not averaged
-        means = [statistics.mean(v for m, v in c["relative"].items() if v is not None and m.endswith("_ppl"))
-                 for c in cs if any(v is not None for m, v in c["relative"].items() if m.endswith("_ppl"))]
-        bench_cells = "; ".join(f"{b}: {fmt(b)}" for b in bench)
-        rel = f"{100 * statistics.mean(means):.1f}%" if means else "–"
-        lines.append(f"| {domain} | {method} | {variant or 'default'} | {sp:g} | {len(cs)} | {fmt('domain_test_ppl')} | "
-                     f"{fmt('wikitext2_ppl')} | {bench_cells} | {rel} |")
-    with open(os.path.join(out_root, "results.json"), "w") as f:
-        json.dump(cells, f, indent=2)
-    md = "\n".join(lines)
-    with open(os.path.join(out_root, "results.md"), "w") as f:
-        f.write(md + "\n")
-    return md
+            return spread(vals) + (f" ({100 * statistics.mean(rels):.1f}%)" if None not in rels else "")
+        ratios = [statistics.mean(v for m, v in r["relative_to_lora"].items() if m.endswith("_ppl")) for r in rs
+                  if all(v is not None for v in r["relative_to_lora"].values())]
+        mean = 100 * statistics.mean(ratios) if len(ratios) == len(rs) else None
+        means[(d, sp, label)] = (mean, len(rs))
+        changed = "; ".join(" / ".join(f"{c:,}" for c in r["changed_per_event"]) for r in rs) or "–"
+        lines.append(f"| {d} | {sp:g} | {label} | {len(rs)} | {col('domain_test_ppl')} | {col(bench[d])} | "
+                     f"{col('wikitext2_ppl')} | {'–' if mean is None else spread([100 * x for x in ratios], '{:.1f}%')} | "
+                     f"{changed if label.startswith('xpert') else '–'} |")
+    verdict = ["| domain | sparsity | best xpert cell (mean %) | wanda-lora | lora-wanda | beats wanda-lora | beats lora-wanda |",
+               "|---" * 7 + "|"]
+    for d, sp in sorted({(d, sp) for d, sp, _ in means if sp > 0}):
+        xs = [(m, label, n) for (dd, ss, label), (m, n) in means.items() if (dd, ss) == (d, sp)
+              and label.startswith("xpert") and m is not None]
+        if not xs:
+            continue
+        m, label, n = max(xs)
+        def other(lab):
+            o = means.get((d, sp, lab), (None, 0))[0]
+            return ("–", "–") if o is None else (f"{o:.1f}%", "yes" if m > o else "no")
+        (w, bw), (lw, blw) = other("wanda-lora"), other("lora-wanda")
+        verdict.append(f"| {d} | {sp:g} | {label}, {n} seed{'s' * (n > 1)} ({m:.1f}%) | {w} | {lw} | {bw} | {blw} |")
+    return "\n".join(lines) + "\n\nThe best ForeSight reading of each (domain, sparsity) against the two Wanda " \
+        "baselines, on the mean of the perplexity ratios:\n\n" + "\n".join(verdict)
+
+
+def write_tables(records, path=os.path.join(HERE, "RESULTS.md")):
+    """Replace what lies between the grid markers in RESULTS.md by tables(records)."""
+    with open(path) as f:
+        text = f.read()
+    a, b = "<!-- results/grid.json:start -->", "<!-- results/grid.json:end -->"
+    if a not in text or b not in text:
+        raise SystemExit(f"error: {path}: no {a} ... {b} block to fill")
+    new = text[:text.index(a) + len(a)] + "\n" + tables(records) + "\n" + text[text.index(b):]
+    with open(path + ".tmp", "w") as f:
+        f.write(new)
+    os.replace(path + ".tmp", path)
 
 
 def cost(out_root, domain, reps, extra):
@@ -141,27 +202,33 @@ def cost(out_root, domain, reps, extra):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(HERE, "grid"), help="where cells and results go")
+    p.add_argument("--out", default=os.path.join(HERE, "grid"), help="where the cells' run folders go")
     p.add_argument("--domains", default="legal,health")
-    p.add_argument("--methods", default=",".join(GRID_METHODS), help="xpert:diag = xpert with --pbs diag")
     p.add_argument("--sparsities", default="0.4,0.5")
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--table", action="store_true", help="only rebuild results.json / results.md")
+    p.add_argument("--cells", help="only these labels, e.g. lora,wanda-lora,xpert-eq2-early (see --list)")
+    p.add_argument("--list", action="store_true", help="print the cells and their commands, run nothing")
+    p.add_argument("--table", action="store_true", help="only rewrite RESULTS.md's tables from results/grid.json")
     p.add_argument("--cost", action="store_true", help="measure xpert vs lora time and memory instead of the grid")
     p.add_argument("--reps", type=int, default=3)
     a, extra = p.parse_known_args()
-    os.makedirs(a.out, exist_ok=True)
     if a.cost:
+        os.makedirs(a.out, exist_ok=True)
         print(cost(a.out, a.domains.split(",")[0], a.reps, extra))
         return
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)} (the grid pins its budget; see BUDGET)")
+    todo = cells(a.domains.split(","), [float(s) for s in a.sparsities.split(",")],
+                 [int(s) for s in a.seeds.split(",")], a.cells and set(a.cells.split(",")))
+    if a.list:
+        done = {r["cell"] for r in load_record()}
+        for name, _, args in todo:
+            print(f"{'done' if name in done else 'todo'}  {name}: python train.py {' '.join(args)}")
+        return
     if not a.table:
-        for seed in (int(s) for s in a.seeds.split(",")):
-            for domain in a.domains.split(","):
-                for method in a.methods.split(","):
-                    for sp in ([0.0] if method == "lora" else [float(s) for s in a.sparsities.split(",")]):
-                        out, status = run_cell(a.out, domain, method, sp, seed, extra)
-                        print(f"[bench] {os.path.basename(out)}: {status}", flush=True)
-    print(table(a.out))
+        run_cells(todo, a.out)
+    write_tables(load_record())
+    print(tables(load_record()))
 
 
 if __name__ == "__main__":
