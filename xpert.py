@@ -157,9 +157,8 @@ class _MaskedLoRAFn(torch.autograd.Function):
 
 
 class LoRALinear(nn.Module):
-    """A projection with a frozen base weight W, a mask M and a LoRA adapter (B, A) (PAPER.md §2-3).
-    Nothing pruned: plain LoRA with adapter dropout. Something pruned: masked LoRA, exactly
-    y = x·((W + s·B·A) ⊙ M)ᵀ (_MaskedLoRAFn), no dropout. Requires W ⊙ M = W (docs/method_notes.md)."""
+    """Frozen W, mask M and LoRA adapter (B, A) (PAPER.md §2-3): plain LoRA while nothing is pruned, else exactly
+    y = x·((W + s·B·A) ⊙ M)ᵀ (_MaskedLoRAFn, no dropout). Requires W ⊙ M = W (docs/method_notes.md)."""
 
     def __init__(self, base: nn.Linear, rank=8, alpha=16, dropout=0.05, mask=None):
         super().__init__()
@@ -275,9 +274,8 @@ def foresight_scores(U, col_energy, e):
 
 
 def consumer_energy(block, nxt, n_head, n_kv, head_dim, foresight="eq2"):
-    """e_j of the seven projections of `block` (PAPER.md §4.2 table, GQA included) on effective weights, as
-    {proj: e (m,)} float32; nxt: the next Block, or (final_norm, lm_head). foresight="code": code_factors.
-    Our reading: RoPE ignored, SwiGLU / attention read linearly (docs/method_notes.md)."""
+    """{proj: e_j (m,)} of `block`'s seven projections (PAPER.md §4.2 table, GQA; our reading, docs/method_notes.md)
+    on effective weights; nxt: the next Block, or (final_norm, lm_head). foresight="code": code_factors."""
     U = {p.split(".")[-1]: effective_weight(get_sub(block, p)) for p in PROJECTIONS}
     if foresight == "code":
         return code_factors(U, n_head, n_kv, head_dim)
@@ -336,9 +334,8 @@ def _prune_groups(scores, total):
 
 
 def _prune_bounded(scores, total, sparsity, delta):
-    """Keep-mask for scores (G, S) pruning exactly `total` weights, each group's count within
-    [floor((p−δ)·S), ceil((p+δ)·S)] (PAPER.md §4.4 (b)), at the least total pruned score; the greedy below is
-    optimal for these bounds (docs/method_notes.md)."""
+    """Keep-mask for scores (G, S) pruning exactly `total` weights at the least total score, each group's count in
+    [floor((p−δ)·S), ceil((p+δ)·S)] (PAPER.md §4.4 (b)); the greedy is optimal (docs/method_notes.md)."""
     G, S = scores.shape
     lo = max(0, math.floor((sparsity - delta) * S + 1e-6))  # the 1e-6: float guards as in n_pruned
     hi = min(S, math.ceil((sparsity + delta) * S - 1e-6))
@@ -393,9 +390,8 @@ def _ridge(G, lam, relative):
 
 
 def pbs_output(U, A, M, H, s, lam=1e-8, lam_relative=True, chunk=None):
-    """PBS, our reading (PAPER.md §5.1): ΔB (m×r) minimising ‖(s·(ΔB A) ⊙ M − R) Xᵀ‖²_F + λ‖ΔB‖²_F with
-    R = U ⊙ (1−M), one r×r system per row, batched over chunks of rows (docs/method_notes.md). The caller
-    folds W ← (U + s·ΔB·A) ⊙ M."""
+    """PBS, our reading (PAPER.md §5.1): ΔB (m×r) minimising ‖(s·(ΔB A) ⊙ M − R) Xᵀ‖²_F + λ‖ΔB‖²_F, R = U ⊙ (1−M),
+    one r×r system per row, in chunks of rows (docs/method_notes.md). The caller folds W ← (U + s·ΔB·A) ⊙ M."""
     (m, n), r = U.shape, A.shape[0]
     R = U * ~M
     dB = torch.zeros(m, r, dtype=torch.float64, device=U.device)
@@ -422,8 +418,7 @@ def pbs_diag(U, A, M, g, s, lam=1e-8, lam_relative=True):
 
 
 def pca_A(H, r):
-    """PAPER.md §5.3 extension (a_init="pca"): A's rows = the top-r eigenvectors of H = XᵀX, scaled to 1/√3
-    (the expected row norm of LoRA's kaiming-uniform init)."""
+    """PAPER.md §5.3 extension (a_init="pca"): A = top-r eigenvectors of H = XᵀX, rows scaled to kaiming's 1/√3."""
     _, vecs = torch.linalg.eigh(H.double())  # ascending eigenvalues
     return (vecs[:, -r:].flip(-1).T / math.sqrt(3)).to(H.dtype)  # (r, n), largest first
 
@@ -434,12 +429,10 @@ def pca_A(H, r):
 @torch.no_grad()
 def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", ema=0.5, state=None, lam=1e-8,
                 final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, batch_size=8, progress=True):
-    """One prune event (PAPER.md §3) on a model with adapters, block by block: capture → ForeSight scores on
-    U = W + s·B·A → EMA score_k = η·s_k + (1−η)·score_{k−1} → mask → PBS ΔB → fold W ← (U + s·ΔB·A) ⊙ M →
-    reset the adapter. final=True: no PBS (unless pbs_final), exactly p-sparse. foresight: 'eq2' or 'code';
-    pbs: 'output', 'diag' or None; group/nm/delta: select_mask. state: the previous event's EMA state
-    ({'scores': {layer_name: CPU tensor}, 'events': k}); returns the new one with 'changed' ({layer_name:
-    mask entries flipped}) and 'changed_total'. Pruned weights can revive via the EMA (docs/method_notes.md)."""
+    """One prune event (PAPER.md §3), block by block: capture → ForeSight scores on U = W + s·B·A → EMA
+    score_k = η·s_k + (1−η)·score_{k−1} → mask → PBS ΔB → fold W ← (U + s·ΔB·A) ⊙ M → reset the adapter
+    (docs/method_notes.md: revival). final=True: no PBS (unless pbs_final), exactly p-sparse. state: the last
+    event's ({'scores': {layer_name: CPU tensor}, 'events': k}); returns the new one, with 'changed' and 'changed_total'."""
     assert pbs in (None, "output", "diag"), "pbs must be 'output', 'diag' or None"
     assert a_init in (None, "pca"), "a_init must be None or 'pca'"
     assert foresight in FORESIGHT, f"foresight must be one of {FORESIGHT}"
