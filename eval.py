@@ -20,6 +20,7 @@ from tqdm import tqdm
 import data
 import xpert
 from fileio import paths
+from fileio.runs import check_eval_options
 from model import LLaMA, ModelError, Tokenizer
 
 
@@ -132,25 +133,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         from bench import report
-        if not args.paths:
-            raise ModelError("give a model folder (or runs with --compare / --mask-overlap)")
-        for path in args.paths:
-            if not os.path.isdir(path):
-                raise ModelError(f"not a folder: {path}")
+        check_eval_options(args)  # folders exist, --sparsity in [0, 1), --out writable: before any model loads
         if args.compare or args.mask_overlap:
-            if args.mask_overlap and len(args.paths) < 2:
-                raise ModelError("--mask-overlap needs at least two runs to compare")
             print(report.compare(args.paths) if args.compare else report.mask_overlap(args.paths, args.png))
             return 0
-        if args.prune and not (0 <= args.sparsity < 1):
-            raise ModelError(f"--sparsity must be in [0, 1), got {args.sparsity}")
-        if args.data_dir is not None and not os.path.isdir(args.data_dir):
-            raise ModelError(f"--data-dir {args.data_dir}: no such folder")
-        if args.out:  # an unwritable --out fails now, not after the whole evaluation
-            existed = os.path.exists(args.out)
-            open(args.out, "a").close()
-            if not existed:
-                os.remove(args.out)
         device, dtype = paths.device_dtype(args.device, args.dtype)
         results = {}
         for path in args.paths:

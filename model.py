@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fileio.hf import ModelError, load_state_dict, read_config_dict, save_folder
+from fileio.hf import ModelError, check_state_dict, load_state_dict, read_config_dict, save_folder
 from fileio.tokenizer import Tokenizer  # noqa: F401  (re-exported: `from model import Tokenizer`)
 
 
@@ -269,15 +269,7 @@ class LLaMA(nn.Module):
             expected.pop("lm_head.weight")
             sd.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
         sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}  # derived, never loaded
-        bad = sorted(set(expected) ^ set(sd)) + [k for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
-        if bad:
-            k = bad[0]
-            what = "missing" if k not in sd else "unexpected" if k not in expected else \
-                f"{tuple(sd[k].shape)} (expected {expected[k]})"
-            raise ModelError(f"{path}: checkpoint does not match config.json: {k} {what} ({len(bad)} problem(s))")
-        bad = next((k for k in expected if not torch.isfinite(sd[k]).all()), None)
-        if bad:
-            raise ModelError(f"{path}: the weights are not finite (NaN or inf in {bad}): a damaged checkpoint?")
+        check_state_dict(sd, expected, path)  # every key and shape as config.json says, every weight finite
         model.load_state_dict({k: sd[k].to(device=device, dtype=dtype) for k in expected},
                               strict=not cfg.tie_word_embeddings, assign=True)
         if cfg.tie_word_embeddings:

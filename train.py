@@ -16,7 +16,6 @@ Outputs (out/<run>/): the expert as a Hugging Face folder (loads in transformers
 everything lives in out/<run>.partial/ (with the resume checkpoint): nothing half-written sits at out/<run>.
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,8 +31,8 @@ import xpert
 from data import DataError
 from fileio import paths
 from fileio.hf import ModelError, read_config_dict
-from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, eta_minutes, load_checkpoint,
-                         peak_memory_mb, rng_state, save_checkpoint, warn_context)
+from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, diverged, eta_minutes,
+                         load_checkpoint, peak_memory_mb, rng_state, save_checkpoint, warn_context)
 from model import LLaMA, Tokenizer
 
 
@@ -140,7 +139,7 @@ def train(args, log, rf):
     check_fits(model, tok, args)
     splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, seed=args.seed,
                           max_docs=args.max_docs, max_chars=args.max_chars)
-    log(data.describe(splits))
+    log(splits.summary())
     if len(splits.train) < args.batch_size * (args.seq_len + 1):
         raise DataError(f"train split has {len(splits.train)} tokens, one batch needs {args.batch_size * (args.seq_len + 1)} "
                         f"(--batch-size {args.batch_size} × --seq-len {args.seq_len}); use a larger corpus")
@@ -223,11 +222,7 @@ def train(args, log, rf):
                 g["lr"] = lr_at(run["step"], args)
             _, loss = model(x.to(device), targets=y.to(device))
             if not torch.isfinite(loss):
-                kept = os.path.join(rf.work, "ckpt.pt")
-                where = f"the last good checkpoint is kept in {kept} (--resume accepts a lower --lr)" \
-                    if os.path.exists(kept) else "no checkpoint was written yet"
-                raise DataError(f"loss became {loss.item()} at step {run['step']}; stopped, {where}; "
-                                f"{'fp16 overflows easily: try --dtype bfloat16 or float32' if dtype == torch.float16 else 'try a lower --lr'}")
+                raise diverged(loss.item(), run["step"], rf.work, dtype)
             if due:  # written only now that this state gave a finite loss: a divergence never overwrites the last good one
                 checkpoint(rng)
                 due = False
@@ -278,23 +273,15 @@ def main(argv=None):
             metrics = evaluation.evaluate(model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
                                           max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
             wall, mem = time.time() - t_start, peak_memory_mb(args.device)
-            model.save_pretrained(os.path.join(rf.work, "expert"))  # atomic inside; moved up beside the log below
-            for name in os.listdir(os.path.join(rf.work, "expert")):
-                os.replace(os.path.join(rf.work, "expert", name), os.path.join(rf.work, name))
-            os.rmdir(os.path.join(rf.work, "expert"))
             result = {"config": vars(args), "base": {"domain_test_ppl": run["base"]}, "metrics": metrics, "sparsity": report,
                       "timings": run["timings"], "losses": run["losses"], "wall_time_s": wall,
                       "train_time_s": run["train_time_s"], "peak_memory_mb": mem,
                       "peak_memory_kind": "cuda max_memory_allocated" if args.device.startswith("cuda") else "process max RSS"}
-            with open(os.path.join(rf.work, "run.json.tmp"), "w") as f:
-                json.dump(result, f, indent=2)
             d = metrics.get("domain_test_ppl", {})
             log(f"\nsummary: {args.method} on {args.domain or args.data}: domain test ppl base {run['base']['value']:.3f} -> "
                 f"expert {d.get('value', float('nan')):.3f} ({d.get('split')}, seq_len {args.seq_len}, {d.get('windows')} "
                 f"windows); sparsity {report['overall']:.4f}; wall {wall / 60:.1f} min; peak memory {mem:.0f} MB")
-            log.file.close()
-            os.replace(os.path.join(rf.work, "run.json.tmp"), os.path.join(rf.work, "run.json"))  # marks it finished
-            rf.publish()  # --overwrite: the old folder is replaced only now, atomically
+            rf.finish(model, result, log)  # the HF folder, then run.json (marks it finished), then the atomic publish
         print(f"outputs: {args.out}/ (Hugging Face folder + run.json + train.log)")
         return 0
     except (UsageError, DataError, ModelError) as e:

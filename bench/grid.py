@@ -39,21 +39,26 @@ READINGS = {  # PAPER.md §4.4: the three readings of ForeSight's propagation fa
 SCHEDULES = {"paper": "0.33,0.67,1.0", "early": "0.04,1.0"}  # PAPER.md §3; early = one event after 1 step
 
 
-def cells(domains, sparsities, seeds, only=None):
+def cells(domains, sparsities, seeds, only=None, extra=()):
     """[(name, label, command args)] in the order they run: per sparsity, seed and domain the dense `lora`
-    reference first, then the baselines, then every reading under both schedules."""
+    reference first, then the baselines, then every reading under both schedules. extra: train.py options
+    that override the pinned budget (e.g. --steps 48); they become part of the name and the label
+    (xpert-eq2-early+steps48), and such a cell is compared only with a lora cell of the same extra."""
+    tag = "+" + "".join(re.sub(r"[^\w.]+", "", x) for x in extra) if extra else ""
+    pinned = [x for i in range(0, len(BUDGET), 2) if BUDGET[i] not in extra for x in BUDGET[i:i + 2]]
     out = []
     for sp in sparsities:
         for seed in seeds:
             for d in domains:
-                common = ["--domain", d, "--seed", str(seed), *BUDGET]
-                todo = [(f"{d}-lora-seed{seed}", "lora", ["--method", "lora", *common])]
-                todo += [(f"{d}-{b}-s{sp:g}-seed{seed}", b, ["--method", b, "--sparsity", str(sp), *common, *a])
+                common = ["--domain", d, "--seed", str(seed), *pinned, *extra]
+                todo = [(f"{d}-lora{tag}-seed{seed}", "lora", ["--method", "lora", *common])]
+                todo += [(f"{d}-{b}-s{sp:g}{tag}-seed{seed}", b, ["--method", b, "--sparsity", str(sp), *common, *a])
                          for b, a in BASELINES.items()]
-                todo += [(f"{d}-xpert-{r}-{s}-s{sp:g}-seed{seed}", f"xpert-{r}-{s}",
+                todo += [(f"{d}-xpert-{r}-{s}-s{sp:g}{tag}-seed{seed}", f"xpert-{r}-{s}",
                           ["--method", "xpert", "--sparsity", str(sp), "--events", ev, *common, *a])
                          for r, a in READINGS.items() for s, ev in SCHEDULES.items()]
-                out += [c for c in todo if (only is None or c[1] in only) and c[0] not in {o[0] for o in out}]
+                out += [(n, label + tag, a) for n, label, a in todo
+                        if (only is None or label in only) and n not in {o[0] for o in out}]
     return out
 
 
@@ -67,9 +72,10 @@ def load_record():
 def save_record(records):
     """Rewrite results/grid.json atomically, sorted, with every cell's relative numbers recomputed (a dense
     reference that lands after a pruned cell still fills that cell in)."""
-    refs = {(r["domain"], r["seed"]): r["metrics"] for r in records if r["label"] == "lora"}
+    budget = lambda r: r["label"].partition("+")[2]  # noqa: E731  '' = the pinned BUDGET
+    refs = {(r["domain"], r["seed"], budget(r)): r["metrics"] for r in records if r["label"].partition("+")[0] == "lora"}
     for r in records:
-        ref = refs.get((r["domain"], r["seed"]), {})
+        ref = refs.get((r["domain"], r["seed"], budget(r)), {})
         r["relative_to_lora"] = {m: relative(m, v, ref.get(m)) for m, v in r["metrics"].items()}
     records.sort(key=lambda r: (r["sparsity"], r["domain"], r["label"], r["seed"]))
     os.makedirs(os.path.dirname(RECORD), exist_ok=True)
@@ -131,7 +137,7 @@ def tables(records):
         rows.setdefault((r["domain"], r["sparsity"], r["label"]), []).append(r)
     bench = {"legal": "cuad_ppl", "health": "pubmedqa_abstracts_ppl"}
     lines = ["| domain | sparsity | cell | seeds | domain test ppl (% of LoRA) | benchmark ppl (%) | WikiText-2 ppl (%) "
-             "| mean of the ppl ratios | mask entries changed per event |", "|---" * 9 + "|"]
+             "| mean of the ppl ratios | mask entries changed per event | base model's domain test ppl |", "|---" * 10 + "|"]
     means = {}
     for (d, sp, label), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "lora", kv[0][2])):
         def col(metric):
@@ -147,7 +153,7 @@ def tables(records):
         changed = "; ".join(" / ".join(f"{c:,}" for c in r["changed_per_event"]) for r in rs) or "–"
         lines.append(f"| {d} | {sp:g} | {label} | {len(rs)} | {col('domain_test_ppl')} | {col(bench[d])} | "
                      f"{col('wikitext2_ppl')} | {'–' if mean is None else spread([100 * x for x in ratios], '{:.1f}%')} | "
-                     f"{changed if label.startswith('xpert') else '–'} |")
+                     f"{changed if label.startswith('xpert') else '–'} | {spread([r['base_domain_test_ppl'] for r in rs])} |")
     verdict = ["| domain | sparsity | best xpert cell (mean %) | wanda-lora | lora-wanda | beats wanda-lora | beats lora-wanda |",
                "|---" * 7 + "|"]
     for d, sp in sorted({(d, sp) for d, sp, _ in means if sp > 0}):
@@ -207,6 +213,7 @@ def main():
     p.add_argument("--sparsities", default="0.4,0.5")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--cells", help="only these labels, e.g. lora,wanda-lora,xpert-eq2-early (see --list)")
+    p.add_argument("--extra", default="", help="train.py options overriding the pinned budget, e.g. '--steps 48'")
     p.add_argument("--list", action="store_true", help="print the cells and their commands, run nothing")
     p.add_argument("--table", action="store_true", help="only rewrite RESULTS.md's tables from results/grid.json")
     p.add_argument("--cost", action="store_true", help="measure xpert vs lora time and memory instead of the grid")
@@ -219,7 +226,7 @@ def main():
     if extra:
         p.error(f"unrecognized arguments: {' '.join(extra)} (the grid pins its budget; see BUDGET)")
     todo = cells(a.domains.split(","), [float(s) for s in a.sparsities.split(",")],
-                 [int(s) for s in a.seeds.split(",")], a.cells and set(a.cells.split(",")))
+                 [int(s) for s in a.seeds.split(",")], a.cells and set(a.cells.split(",")), a.extra.split())
     if a.list:
         done = {r["cell"] for r in load_record()}
         for name, _, args in todo:

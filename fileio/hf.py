@@ -174,6 +174,19 @@ def load_state_dict(path) -> dict:
 # -----------------------------------------------------------------------------
 # atomic folders: written under a hidden temporary name beside the target, renamed into place when complete
 
+def check_state_dict(sd, expected, path):
+    """ModelError unless sd has exactly the keys of expected ({key: shape}), each of that shape and finite."""
+    bad = sorted(set(expected) ^ set(sd)) + [k for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    if bad:
+        k = bad[0]
+        what = "missing" if k not in sd else "unexpected" if k not in expected else \
+            f"{tuple(sd[k].shape)} (expected {expected[k]})"
+        raise ModelError(f"{path}: checkpoint does not match config.json: {k} {what} ({len(bad)} problem(s))")
+    bad = next((k for k in expected if not torch.isfinite(sd[k]).all()), None)
+    if bad:
+        raise ModelError(f"{path}: the weights are not finite (NaN or inf in {bad}): a damaged checkpoint?")
+
+
 def new_temp_dir(path):
     """An empty hidden folder beside `path` (same filesystem, so the final rename is atomic)."""
     parent = os.path.dirname(os.path.abspath(path))

@@ -6,6 +6,7 @@ Layout while a run is live:  out/<run>.partial/{train.log, ckpt.pt, event-<k>.pt
   event-<k>.pt  what prune event k changed: the folded base weights, masks and EMA scores (once per event)
 After the final save: out/<run>/{config.json, model.safetensors, tokenizer files, run.json, train.log}."""
 import fcntl
+import json
 import math
 import os
 import resource
@@ -14,6 +15,7 @@ import sys
 
 import torch
 
+from corpora import DataError
 from fileio import paths
 from fileio.hf import ModelError, publish_dir
 from model import PROJECTIONS
@@ -100,6 +102,26 @@ def check_options(args, domains):
     return args
 
 
+def check_eval_options(args):
+    """eval.py's command line, checked before any model loads."""
+    if not args.paths:
+        raise ModelError("give a model folder (or runs with --compare / --mask-overlap)")
+    for path in args.paths:
+        if not os.path.isdir(path):
+            raise ModelError(f"not a folder: {path}")
+    if args.mask_overlap and len(args.paths) < 2:
+        raise ModelError("--mask-overlap needs at least two runs to compare")
+    if args.prune and not (0 <= args.sparsity < 1):
+        raise ModelError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise ModelError(f"--data-dir {args.data_dir}: no such folder")
+    if args.out:  # an unwritable --out fails now, not after the whole evaluation
+        existed = os.path.exists(args.out)
+        open(args.out, "a").close()
+        if not existed:
+            os.remove(args.out)
+
+
 def eta_minutes(args, fwd_tok_s, n_events, n_calib, n_test, method):
     """A rough ETA from the measured forward speed: a training step costs ~3 forwards of its tokens (~6 once
     masked LoRA forms its m×n adapter product), a prune event ~3 forwards of the calibration set (capture,
@@ -121,6 +143,15 @@ def check_fits(model, tok, args):
         dims = sorted({blk.get_submodule(p).weight.shape[1] for blk in model.model.layers for p in PROJECTIONS})
         raise UsageError(f"--nm {args.nm[0]}:{args.nm[1]}: every adapted matrix's input size must be a multiple of "
                          f"{args.nm[1]}; this model has {dims}")
+
+
+def diverged(loss, step, work, dtype):
+    """The one-line error for a non-finite training loss (the last good checkpoint is kept)."""
+    kept = os.path.join(work, "ckpt.pt")
+    where = f"the last good checkpoint is kept in {kept} (--resume accepts a lower --lr)" \
+        if os.path.exists(kept) else "no checkpoint was written yet"
+    return DataError(f"loss became {loss} at step {step}; stopped, {where}; "
+                     f"{'fp16 overflows easily: try --dtype bfloat16 or float32' if dtype == torch.float16 else 'try a lower --lr'}")
 
 
 def warn_context(model, seq_len):
@@ -275,6 +306,20 @@ class RunFolder:
         for f in os.listdir(self.out):
             if f == "ckpt.pt" or f.startswith("event-") or f.endswith(".tmp"):
                 os.remove(os.path.join(self.out, f))
+
+    def finish(self, model, result, log):
+        """Write the expert (a Hugging Face folder) and run.json into the work folder, then publish it.
+        run.json is renamed into place last: its presence marks the run finished (see `finished`)."""
+        model.save_pretrained(os.path.join(self.work, "expert"))  # atomic inside; moved up beside the log
+        for name in os.listdir(os.path.join(self.work, "expert")):
+            os.replace(os.path.join(self.work, "expert", name), os.path.join(self.work, name))
+        os.rmdir(os.path.join(self.work, "expert"))
+        with open(os.path.join(self.work, "run.json.tmp"), "w") as f:
+            json.dump(result, f, indent=2)
+        if log.file:
+            log.file.close()
+        os.replace(os.path.join(self.work, "run.json.tmp"), os.path.join(self.work, "run.json"))
+        self.publish()  # --overwrite: the old folder is replaced only now, atomically
 
     def _unlock(self):
         if getattr(self, "lock", None) is not None:

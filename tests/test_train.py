@@ -358,10 +358,17 @@ def test_grid_record_and_tables_relative_to_the_matching_dense_run(tmp_path, mon
     assert recs["xp0"]["command"] == "python train.py --domain health" and recs["lora0"]["sparsity"] == 0.0
     md = grid.tables(list(recs.values()))
     row = next(l for l in md.splitlines() if "| xpert-eq2-early |" in l)
-    assert "| 2 | 16.250 ± 3.750 (90.0%) |" in row and row.rstrip(" |").endswith("7 / 0; 5 / 1")
+    assert "| 2 | 16.250 ± 3.750 (90.0%) |" in row and row.rstrip(" |").endswith("7 / 0; 5 / 1 | 20.000 ± 0.000")
     assert "| 90.0% ± 10.0% |" in row  # the mean of the three ppl ratios per seed (0.8 and 1.0), not the accuracy
     verdict = next(l for l in md.splitlines() if l.startswith("| health | 0.4 | xpert-eq2-early, 2 seeds"))
     assert "(90.0%) | 90.9% | – | no | – |" in verdict  # wanda-lora's 10/11 beats it; no lora-wanda cell
+    cell("xp48", "xpert-eq2-early+steps48", "xpert", 8.0)  # another budget: no dense run of it yet, no relative
+    assert all(v is None for v in {r["cell"]: r for r in grid.load_record()}["xp48"]["relative_to_lora"].values())
+    cell("lora48", "lora+steps48", "lora", 4.0)
+    assert {r["cell"]: r for r in grid.load_record()}["xp48"]["relative_to_lora"]["domain_test_ppl"] == 0.5
+    assert [c[0] for c in grid.cells(["legal"], [0.4], [0], {"lora", "xpert-eq2-early"}, ["--steps", "48"])] == \
+        ["legal-lora+steps48-seed0", "legal-xpert-eq2-early-s0.4+steps48-seed0"]
+    assert "--steps 24" not in " ".join(grid.cells(["legal"], [0.4], [0], {"lora"}, ["--steps", "48"])[0][2])
     ran = []
     monkeypatch.setattr(grid.subprocess, "run", lambda *a, **k: ran.append(a) or grid.subprocess.CompletedProcess(a, 0, "x\n"))
     grid.run_cells([("xp0", "xpert-eq2-early", [])], str(tmp_path))
