@@ -97,7 +97,7 @@ def record_of(name, label, args, run_dir, commit):
             "metric_context": {k: {x: y for x, y in v.items() if x != "value"} for k, v in j["metrics"].items()},
             "base_domain_test_ppl": j["base"]["domain_test_ppl"]["value"],
             "measured_sparsity": j["sparsity"]["overall"],
-            "changed_per_event": [t.get("changed") for t in j.get("timings", [])],
+            "changed_per_event": [t["changed"] for t in j.get("timings", []) if "changed" in t],  # prune events only
             "wall_time_s": round(j["wall_time_s"], 1), "train_time_s": round(j["train_time_s"], 1),
             "peak_memory_mb": round(j["peak_memory_mb"]), "config": c}
 

@@ -342,7 +342,7 @@ def test_grid_record_and_tables_relative_to_the_matching_dense_run(tmp_path, mon
         os.makedirs(tmp_path / name)
         json.dump({"config": {"domain": "health", "method": method, "sparsity": 0.4, "seed": seed},
                    "metrics": metrics, "base": {"domain_test_ppl": {"value": 20.0}}, "sparsity": {"overall": 0.4},
-                   "timings": [{"changed": c} for c in changed], "wall_time_s": 1, "train_time_s": 1,
+                   "timings": [{"event": "wanda (before LoRA)"}] + [{"changed": c} for c in changed], "wall_time_s": 1, "train_time_s": 1,
                    "peak_memory_mb": 1}, open(tmp_path / name / "run.json", "w"))
         recs = grid.load_record()
         grid.save_record(recs + [grid.record_of(name, label, ["--domain", "health"], str(tmp_path / name), "abc")])
