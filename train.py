@@ -278,10 +278,10 @@ def main(argv=None):
                       "train_time_s": run["train_time_s"], "peak_memory_mb": mem,
                       "peak_memory_kind": "cuda max_memory_allocated" if args.device.startswith("cuda") else "process max RSS"}
             d = metrics.get("domain_test_ppl", {})
-            log(f"\nsummary: {args.method} on {args.domain or args.data}: domain test ppl base {run['base']['value']:.3f} -> "
-                f"expert {d.get('value', float('nan')):.3f} ({d.get('split')}, seq_len {args.seq_len}, {d.get('windows')} "
-                f"windows); sparsity {report['overall']:.4f}; wall {wall / 60:.1f} min; peak memory {mem:.0f} MB")
-            rf.finish(model, result, log)  # the HF folder, then run.json (marks it finished), then the atomic publish
+            summary = (f"\nsummary: {args.method} on {args.domain or args.data}: domain test ppl base {run['base']['value']:.3f} -> "
+                       f"expert {d.get('value', float('nan')):.3f} ({d.get('split')}, seq_len {args.seq_len}, {d.get('windows')} "
+                       f"windows); sparsity {report['overall']:.4f}; wall {wall / 60:.1f} min; peak memory {mem:.0f} MB")
+            rf.finish(model, result, log, summary)  # the HF folder, run.json (marks it finished), the atomic publish
         print(f"outputs: {args.out}/ (Hugging Face folder + run.json + train.log)")
         return 0
     except (UsageError, DataError, ModelError) as e:

@@ -274,8 +274,8 @@ def foresight_scores(U, col_energy, e):
 
 
 def consumer_energy(block, nxt, n_head, n_kv, head_dim, foresight="eq2"):
-    """{proj: e_j (m,)} of `block`'s seven projections (PAPER.md §4.2 table, GQA; our reading, docs/method_notes.md)
-    on effective weights; nxt: the next Block, or (final_norm, lm_head). foresight="code": code_factors."""
+    """{proj: e_j (m,) float32} of `block`'s seven projections (PAPER.md §4.2 table, GQA; our reading,
+    docs/method_notes.md) on effective weights; nxt: the next Block, or (final_norm, lm_head). foresight="code": code_factors."""
     U = {p.split(".")[-1]: effective_weight(get_sub(block, p)) for p in PROJECTIONS}
     if foresight == "code":
         return code_factors(U, n_head, n_kv, head_dim)
@@ -431,8 +431,10 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
                 final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, batch_size=8, progress=True):
     """One prune event (PAPER.md §3), block by block: capture → ForeSight scores on U = W + s·B·A → EMA
     score_k = η·s_k + (1−η)·score_{k−1} → mask → PBS ΔB → fold W ← (U + s·ΔB·A) ⊙ M → reset the adapter
-    (docs/method_notes.md: revival). final=True: no PBS (unless pbs_final), exactly p-sparse. state: the last
-    event's ({'scores': {layer_name: CPU tensor}, 'events': k}); returns the new one, with 'changed' and 'changed_total'."""
+    (docs/method_notes.md: revival). final=True: no PBS (unless pbs_final), exactly p-sparse.
+    calib_ids (N, T); group/nm/delta: select_mask; foresight: 'eq2' (Eq. 2) or 'code' (§4.4 (a)); pbs: 'output'
+    (§5.1), 'diag' (§5.2) or None; lam: PBS ridge. state: the last event's ({'scores': {layer_name: float32 CPU
+    tensor}, 'events': k}); returns the new one, with 'changed' ({layer_name: mask entries flipped}) and 'changed_total'."""
     assert pbs in (None, "output", "diag"), "pbs must be 'output', 'diag' or None"
     assert a_init in (None, "pca"), "a_init must be None or 'pca'"
     assert foresight in FORESIGHT, f"foresight must be one of {FORESIGHT}"

@@ -9,7 +9,7 @@ and 50%, on both domains, 2 seeds, every cell a real `train.py` run with the sam
     python bench/grid.py --cost --reps 1      # xpert vs lora training time and peak memory, interleaved
 
 results/grid.json is the record: one entry per finished cell (its exact command, resolved config, every
-metric, the metric relative to the dense `lora` run of the same domain and seed, measured sparsity, mask
+metric, the metric relative to the dense `lora` run of the same domain, seed and budget, measured sparsity, mask
 entries changed per event, wall time, peak memory, the commit that ran it), no weights. A cell already in it
 is skipped, so the grid resumes across sessions and machines; a cell killed mid-run resumes from its
 checkpoint under --out.
@@ -44,7 +44,8 @@ def cells(domains, sparsities, seeds, only=None, extra=()):
     reference first, then the baselines, then every reading under both schedules. extra: train.py options
     that override the pinned budget (e.g. --steps 48); they become part of the name and the label
     (xpert-eq2-early+steps48), and such a cell is compared only with a lora cell of the same extra."""
-    tag = "+" + "".join(re.sub(r"[^\w.]+", "", x) for x in extra) if extra else ""
+    pairs = sorted(zip(extra[::2], extra[1::2]))  # option order does not change the budget a tag names
+    tag = "+" + "".join(re.sub(r"[^\w.-]+", "", k.lstrip("-")) + re.sub(r"[^\w.-]+", "", v) for k, v in pairs) if extra else ""
     pinned = [x for i in range(0, len(BUDGET), 2) if BUDGET[i] not in extra for x in BUDGET[i:i + 2]]
     out = []
     for sp in sparsities:
@@ -157,16 +158,18 @@ def tables(records):
     verdict = ["| domain | sparsity | best xpert cell (mean %) | wanda-lora | lora-wanda | beats wanda-lora | beats lora-wanda |",
                "|---" * 7 + "|"]
     for d, sp in sorted({(d, sp) for d, sp, _ in means if sp > 0}):
-        xs = [(m, label, n) for (dd, ss, label), (m, n) in means.items() if (dd, ss) == (d, sp)
-              and label.startswith("xpert") and m is not None]
-        if not xs:
-            continue
-        m, label, n = max(xs)
-        def other(lab):
-            o = means.get((d, sp, lab), (None, 0))[0]
-            return ("–", "–") if o is None else (f"{o:.1f}%", "yes" if m > o else "no")
-        (w, bw), (lw, blw) = other("wanda-lora"), other("lora-wanda")
-        verdict.append(f"| {d} | {sp:g} | {label}, {n} seed{'s' * (n > 1)} ({m:.1f}%) | {w} | {lw} | {bw} | {blw} |")
+        for tag in sorted({label.partition("+")[2] for dd, ss, label in means if (dd, ss) == (d, sp)}):
+            xs = [(m, label, n) for (dd, ss, label), (m, n) in means.items() if (dd, ss) == (d, sp)
+                  and label.startswith("xpert") and label.partition("+")[2] == tag and m is not None]
+            if not xs:
+                continue
+            m, label, n = max(xs)  # the best reading within one budget, against the baselines of that budget
+
+            def other(lab):
+                o = means.get((d, sp, lab + ("+" + tag if tag else "")), (None, 0))[0]
+                return ("–", "–") if o is None else (f"{o:.1f}%", "yes" if m > o else "no")
+            (w, bw), (lw, blw) = other("wanda-lora"), other("lora-wanda")
+            verdict.append(f"| {d} | {sp:g} | {label}, {n} seed{'s' * (n > 1)} ({m:.1f}%) | {w} | {lw} | {bw} | {blw} |")
     return "\n".join(lines) + "\n\nThe best ForeSight reading of each (domain, sparsity) against the two Wanda " \
         "baselines, on the mean of the perplexity ratios:\n\n" + "\n".join(verdict)
 

@@ -111,6 +111,8 @@ def check_eval_options(args):
             raise ModelError(f"not a folder: {path}")
     if args.mask_overlap and len(args.paths) < 2:
         raise ModelError("--mask-overlap needs at least two runs to compare")
+    if args.compare or args.mask_overlap:
+        return  # the options below do not apply to reading runs
     if args.prune and not (0 <= args.sparsity < 1):
         raise ModelError(f"--sparsity must be in [0, 1), got {args.sparsity}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
@@ -307,15 +309,16 @@ class RunFolder:
             if f == "ckpt.pt" or f.startswith("event-") or f.endswith(".tmp"):
                 os.remove(os.path.join(self.out, f))
 
-    def finish(self, model, result, log):
-        """Write the expert (a Hugging Face folder) and run.json into the work folder, then publish it.
-        run.json is renamed into place last: its presence marks the run finished (see `finished`)."""
+    def finish(self, model, result, log, summary):
+        """Write the expert (a Hugging Face folder) and run.json into the work folder, log the summary line,
+        then publish. run.json is renamed into place last: its presence marks the run finished (`finished`)."""
         model.save_pretrained(os.path.join(self.work, "expert"))  # atomic inside; moved up beside the log
         for name in os.listdir(os.path.join(self.work, "expert")):
             os.replace(os.path.join(self.work, "expert", name), os.path.join(self.work, name))
         os.rmdir(os.path.join(self.work, "expert"))
         with open(os.path.join(self.work, "run.json.tmp"), "w") as f:
             json.dump(result, f, indent=2)
+        log(summary)
         if log.file:
             log.file.close()
         os.replace(os.path.join(self.work, "run.json.tmp"), os.path.join(self.work, "run.json"))

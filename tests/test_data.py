@@ -72,7 +72,7 @@ def test_splits_disjoint_cover_and_match_documents(tmp_path):
         assert s.counts[k] == len(want)
     assert s.counts["train"] > sum(s.counts[k] for k in data.HELD_OUT)
     assert s.train.dtype == np.uint16  # vocab < 65536
-    assert "train" in s.summary() and "calib" in data.describe(s)
+    assert "train" in s.summary() and "calib" in s.summary()
 
 
 def test_splits_deterministic_and_seeded(tmp_path):
