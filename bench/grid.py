@@ -155,7 +155,7 @@ def tables(records):
         lines.append(f"| {d} | {sp:g} | {label} | {len(rs)} | {col('domain_test_ppl')} | {col(bench[d])} | "
                      f"{col('wikitext2_ppl')} | {'–' if mean is None else spread([100 * x for x in ratios], '{:.1f}%')} | "
                      f"{changed if label.startswith('xpert') else '–'} | {spread([r['base_domain_test_ppl'] for r in rs])} |")
-    verdict = ["| domain | sparsity | best xpert cell (mean %) | wanda-lora | lora-wanda | beats wanda-lora | beats lora-wanda |",
+    verdict = ["| domain | sparsity | best xpert cell (mean %) | wanda-lora | lora-wanda | xpert − wanda-lora | xpert − lora-wanda |",
                "|---" * 7 + "|"]
     for d, sp in sorted({(d, sp) for d, sp, _ in means if sp > 0}):
         for tag in sorted({label.partition("+")[2] for dd, ss, label in means if (dd, ss) == (d, sp)}):
@@ -167,11 +167,11 @@ def tables(records):
 
             def other(lab):
                 o = means.get((d, sp, lab + ("+" + tag if tag else "")), (None, 0))[0]
-                return ("–", "–") if o is None else (f"{o:.1f}%", "yes" if m > o else "no")
+                return ("–", "–") if o is None else (f"{o:.1f}%", f"{m - o:+.1f} points")
             (w, bw), (lw, blw) = other("wanda-lora"), other("lora-wanda")
             verdict.append(f"| {d} | {sp:g} | {label}, {n} seed{'s' * (n > 1)} ({m:.1f}%) | {w} | {lw} | {bw} | {blw} |")
-    return "\n".join(lines) + "\n\nThe best ForeSight reading of each (domain, sparsity) against the two Wanda " \
-        "baselines, on the mean of the perplexity ratios:\n\n" + "\n".join(verdict)
+    return "\n".join(lines) + "\n\nThe best ForeSight cell of each (domain, sparsity, budget) against the two Wanda " \
+        "baselines of the same budget, on the mean of the perplexity ratios (positive: xpert ahead):\n\n" + "\n".join(verdict)
 
 
 def write_tables(records, path=os.path.join(HERE, "RESULTS.md")):

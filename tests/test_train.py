@@ -361,7 +361,7 @@ def test_grid_record_and_tables_relative_to_the_matching_dense_run(tmp_path, mon
     assert "| 2 | 16.250 ± 3.750 (90.0%) |" in row and row.rstrip(" |").endswith("7 / 0; 5 / 1 | 20.000 ± 0.000")
     assert "| 90.0% ± 10.0% |" in row  # the mean of the three ppl ratios per seed (0.8 and 1.0), not the accuracy
     verdict = next(l for l in md.splitlines() if l.startswith("| health | 0.4 | xpert-eq2-early, 2 seeds"))
-    assert "(90.0%) | 90.9% | – | no | – |" in verdict  # wanda-lora's 10/11 beats it; no lora-wanda cell
+    assert "(90.0%) | 90.9% | – | -0.9 points | – |" in verdict  # wanda-lora's 10/11 is ahead; no lora-wanda cell
     cell("xp48", "xpert-eq2-early+steps48", "xpert", 8.0)  # another budget: no dense run of it yet, no relative
     assert all(v is None for v in {r["cell"]: r for r in grid.load_record()}["xp48"]["relative_to_lora"].values())
     cell("lora48", "lora+steps48", "lora", 4.0)
