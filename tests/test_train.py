@@ -375,6 +375,18 @@ def test_grid_record_and_tables_relative_to_the_matching_dense_run(tmp_path, mon
     assert ran == [(["git", "rev-parse", "--short", "HEAD"],)]  # only the commit lookup; the cell is recorded
 
 
+def test_results_md_tables_are_generated_from_results_grid_json():
+    # the committed grid numbers are data (results/grid.json); RESULTS.md shows exactly what bench/grid.py
+    # computes from them, so prose and data cannot drift apart
+    from bench import grid
+    records = grid.load_record()
+    assert records and all(r["command"].startswith("python train.py ") for r in records)
+    assert all(abs(r["measured_sparsity"] - r["sparsity"]) < 1e-3 for r in records)  # measured on the weights
+    text = open(os.path.join(os.path.dirname(grid.RECORD), "..", "RESULTS.md"), encoding="utf-8").read()
+    block = text.split("<!-- results/grid.json:start -->\n")[1].split("<!-- results/grid.json:end -->")[0]
+    assert block == grid.tables(records) + "\n"
+
+
 def test_eval_prune_oneshot_matches_direct_computation(tiny_model_dir, cache, tmp_path, monkeypatch):
     # eval.py --prune: the folder pruned one-shot (no training) then measured — checked against the same
     # steps done by hand with the library
