@@ -144,7 +144,6 @@ class Splits:
                 f"tokens {parts}{' [cached]' if self.from_cache else ''}")
 
 
-
 def prepare(domain=None, data_path=None, tokenizer=None, tokenizer_id=None, seed=0, cache_dir=None,
             max_chars=DEFAULT_MAX_CHARS, max_docs=None, fracs=None, min_split_tokens=DEFAULT_MIN_SPLIT_TOKENS,
             progress=True):

@@ -171,9 +171,6 @@ def load_state_dict(path) -> dict:
     raise ModelError(f"{path}: no weights file (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
 
 
-# -----------------------------------------------------------------------------
-# atomic folders: written under a hidden temporary name beside the target, renamed into place when complete
-
 def check_state_dict(sd, expected, path):
     """ModelError unless sd has exactly the keys of expected ({key: shape}), each of that shape and finite."""
     bad = sorted(set(expected) ^ set(sd)) + [k for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
@@ -186,6 +183,9 @@ def check_state_dict(sd, expected, path):
     if bad:
         raise ModelError(f"{path}: the weights are not finite (NaN or inf in {bad}): a damaged checkpoint?")
 
+
+# -----------------------------------------------------------------------------
+# atomic folders: written under a hidden temporary name beside the target, renamed into place when complete
 
 def new_temp_dir(path):
     """An empty hidden folder beside `path` (same filesystem, so the final rename is atomic)."""
