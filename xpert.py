@@ -46,6 +46,16 @@ def _f32(t):
     return t if t.dtype == torch.float64 else t.float()
 
 
+def _to_host(t, buf=None):
+    """t in host memory: the EMA state between events (4 B per weight; on the GPU it would cost LoRA's memory
+    twice over at 7B). From CUDA into page-locked memory, `buf` reused: a pageable copy runs at a few GB/s."""
+    if t.device.type != "cuda":
+        return t.cpu()
+    if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or not buf.is_pinned():
+        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return buf.copy_(t)
+
+
 # -----------------------------------------------------------------------------
 # PAPER.md §3 — activation capture
 
@@ -459,7 +469,7 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
                 s_k = foresight_scores(U, stats[proj].energy, e[proj])  # (m, n) paper Eq. 2 (or §4.4 (a))
                 prev = state["scores"].get(name)
                 score = s_k if prev is None else ema * s_k + (1 - ema) * prev.to(s_k.device)  # §4.3 EMA
-                state["scores"][name] = score.cpu()
+                state["scores"][name] = _to_host(score, prev)  # prev is spent: its buffer takes the new EMA
                 if final:  # scores are ≥ 0: an exact zero of U goes before any live weight
                     score = score.masked_fill(U == 0, -1.0)
                 keep = select_mask(score, sparsity, group, nm, delta)

