@@ -61,7 +61,7 @@ METHODS = {  # PAPER.md §6: EfficientXpert and the baselines it is compared wit
 DEFAULTS = dict(
     domain=None, data=None, data_dir=None, model=None, method="xpert", preset=None,
     sparsity=0.4, nm=None, group="out", foresight="eq2", delta=0.0, pbs="output", ema=0.5, pbs_lambda=1e-8,
-    events="0.04,1.0",
+    events="0.04,1.0", final_update="none",
     rank=8, alpha=16.0, dropout=0.05, lr=5e-4, warmup=0.05, steps=48, batch_size=4, seq_len=256,
     calib="domain", calib_samples=16, eval_windows=16, pubmedqa_n=100, max_docs=None, max_chars=2_000_000,
     device="auto", dtype="auto", seed=0, out=None, resume=False, overwrite=False, ckpt_every=10,
@@ -93,6 +93,8 @@ def parse_args(argv=None):
     a("--events", help="comma-separated fractions of training at which prune events happen; 1.0 = the final "
                        "event (no PBS). The default, one event at 4%%, leaves the most steps to repair; "
                        "the paper's schedule is 0.33,0.67,1.0")
+    a("--final-update", choices=("none", "sparsegpt"), help="the final event's update of the kept weights: none (the "
+                                                            "paper) or SparseGPT's full OBS update, on ForeSight's mask")
     a("--rank", type=int, help="LoRA rank r")
     a("--alpha", type=float, help="LoRA α (scale α/r)")
     a("--dropout", type=float, help="LoRA dropout")
@@ -199,7 +201,8 @@ def train(args, log, rf):
         run["state"] = xpert.prune_event(model, calib, args.sparsity, group=args.group, nm=args.nm,
                                          pbs=None if not method.pbs or args.pbs == "none" else args.pbs, ema=args.ema,
                                          state=run["state"], lam=args.pbs_lambda, final=final,
-                                         foresight=args.foresight, delta=args.delta)
+                                         foresight=args.foresight, delta=args.delta,
+                                         final_update=None if args.final_update == "none" else args.final_update)
         run["events_done"] += 1
         changed, entries = run["state"]["changed_total"], sum(v.numel() for v in run["state"]["scores"].values())
         run["timings"].append({"event": run["events_done"], "step": run["step"], "final": final, "seconds": time.time() - t0,

@@ -438,25 +438,30 @@ def pca_A(H, r):
 
 @torch.no_grad()
 def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", ema=0.5, state=None, lam=1e-8,
-                final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, batch_size=8, progress=True):
+                final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, final_update=None, batch_size=8,
+                progress=True):
     """One prune event (PAPER.md §3), block by block: capture → ForeSight scores on U = W + s·B·A → EMA
     score_k = η·s_k + (1−η)·score_{k−1} → mask → PBS ΔB → fold W ← (U + s·ΔB·A) ⊙ M → reset the adapter
     (docs/method_notes.md: revival). final=True: no PBS (unless pbs_final), exactly p-sparse.
     calib_ids (N, T); group/nm/delta: select_mask; foresight: 'eq2' (Eq. 2) or 'code' (§4.4 (a)); pbs: 'output'
-    (§5.1), 'diag' (§5.2) or None; lam: PBS ridge. state: the last event's ({'scores': {layer_name: float32 CPU
+    (§5.1), 'diag' (§5.2) or None; lam: PBS ridge. final_update='sparsegpt': at the final event the kept weights
+    take SparseGPT's full OBS update for the pruned ones (the mask stays ForeSight's), not rank-r PBS or none. state: the last event's ({'scores': {layer_name: float32 CPU
     tensor}, 'events': k}); returns the new one, with 'changed' ({layer_name: mask entries flipped}) and 'changed_total'."""
     assert pbs in (None, "output", "diag"), "pbs must be 'output', 'diag' or None"
     assert a_init in (None, "pca"), "a_init must be None or 'pca'"
     assert foresight in FORESIGHT, f"foresight must be one of {FORESIGHT}"
+    assert final_update in (None, "sparsegpt"), "final_update must be None or 'sparsegpt'"
     use_pbs = pbs if (not final or pbs_final) else None
+    obs = final and final_update == "sparsegpt"
     state = {"scores": {}, "events": 0} if state is None else state
     state["changed"] = {}
     cfg, layers = model.config, model.model.layers
     was_training = model.training
     model.eval()  # no adapter dropout while capturing
     try:
-        for b, block, stats in sequential_blocks(model, calib_ids, batch_size, gram=use_pbs == "output" or a_init == "pca",
-                                                 progress=progress, desc=f"prune event {state['events'] + 1}"):
+        gram = use_pbs == "output" or a_init == "pca" or obs  # PBS, the PCA init and SparseGPT's update need XᵀX
+        for b, block, stats in sequential_blocks(model, calib_ids, batch_size, gram=gram, progress=progress,
+                                                 desc=f"prune event {state['events'] + 1}"):
             # ForeSight scores, EMA, masks: all seven from the block's weights before any of them changes
             nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
             e = consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, foresight)
@@ -488,7 +493,9 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
                         pca_cache[id(stats[proj])] = pca_A(stats[proj].gram, lin.rank)
                     A = pca_cache[id(stats[proj])]
                 U_net = U * lin.mask  # what the network computes now: PBS's R = U_net ⊙ (1 − M_new)
-                if use_pbs == "output":
+                if obs:  # the kept weights compensate for the pruned ones with SparseGPT's full update
+                    U = sparsegpt_prune(U_net, stats[proj].gram.to(U.dtype), sparsity, keep=keep)[0]
+                elif use_pbs == "output":
                     U = U + lin.scale * (pbs_output(U_net, A, keep, stats[proj].gram.to(U.dtype), lin.scale, lam) @ A)  # §5.1
                 elif use_pbs == "diag":
                     U = U + lin.scale * (pbs_diag(U_net, A, keep, stats[proj].rms.to(U.dtype), lin.scale, lam) @ A)  # §5.2
@@ -506,31 +513,35 @@ def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", 
 # -----------------------------------------------------------------------------
 # PAPER.md §6 — one-shot baselines on given weights
 
-def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01):
+def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, keep=None):
     """SparseGPT (Frantar & Alistarh 2023, Alg. 1) from the paper: prune W (m×n) column by column with OBS
     updates of the later columns, H = XᵀX, damping percdamp·mean(diag H); exactly floor(p·m·n) zeros, or
-    N:M with nm=(N, M) (docs/method_notes.md). Returns (Ŵ, keep mask), in W's dtype (float32 or float64)."""
+    N:M with nm=(N, M) (docs/method_notes.md). keep: a given mask (m×n bool) instead of SparseGPT's own
+    selection: only its updates (xpert's --final-update sparsegpt). Returns (Ŵ, keep mask), in W's dtype."""
     W, H = W.clone(), H.to(W.dtype).clone()
     m, n = W.shape
     dead = H.diagonal() == 0  # inputs that never fire: their weights are free to prune
     H[dead, dead] = 1
-    W[:, dead] = 0
+    if keep is None:
+        W[:, dead] = 0
     H.diagonal().add_(percdamp * H.diagonal().mean())
     # upper Cholesky factor of H⁻¹: row i holds the OBS update for column i given columns < i are done
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    keep = torch.ones(m, n, dtype=torch.bool, device=W.device)
+    given, keep = keep, torch.ones(m, n, dtype=torch.bool, device=W.device)
     done = 0  # weights pruned so far: each block brings the total to floor(p·m·i2), exact at the end
     for i1 in range(0, n, blocksize):
         i2 = min(i1 + blocksize, n)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1, prune1 = torch.zeros_like(W1), torch.zeros_like(W1, dtype=torch.bool)
-        if nm is None:
+        if given is not None:
+            prune1 = ~given[:, i1:i2]
+        elif nm is None:
             err = W1.pow(2) / Hinv1.diagonal()[None, :].pow(2)  # OBS saliency w²/[H⁻¹]_cc²
             k = n_pruned(m * i2, sparsity) - done
             done += k
             prune1.view(-1)[err.reshape(-1).topk(k, largest=False).indices] = True
         for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
+            if given is None and nm is not None and i % nm[1] == 0:
                 N, M = nm
                 err = W1[:, i:i + M].pow(2) / Hinv1.diagonal()[i:i + M][None, :].pow(2)
                 prune1.scatter_(1, i + err.topk(N, dim=1, largest=False).indices, True)

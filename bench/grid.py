@@ -37,11 +37,14 @@ READINGS = {  # PAPER.md §4.4: the three readings of ForeSight's propagation fa
     "delta0.1": ["--foresight", "eq2", "--delta", "0.1"],  # (b) bounded row allocation, rows within p ± 0.1
 }
 SCHEDULES = {"paper": "0.33,0.67,1.0", "early": "0.04,1.0"}  # PAPER.md §3; early = one event after 1 step
+VARIANTS = {  # issue 12's one measured variant: SparseGPT's full OBS update of the kept weights at the final event
+    "xpert-eq2-early-final-sparsegpt": ["--events", SCHEDULES["early"], *READINGS["eq2"], "--final-update", "sparsegpt"],
+}
 
 
 def cells(domains, sparsities, seeds, only=None, extra=()):
     """[(name, label, command args)] in the order they run: per sparsity, seed and domain the dense `lora`
-    reference first, then the baselines, then every reading under both schedules. extra: train.py options
+    reference first, then the baselines, then every reading under both schedules, then the VARIANTS. extra: train.py options
     that override the pinned budget (e.g. --steps 48); they become part of the name and the label
     (xpert-eq2-early+steps48), and such a cell is compared only with a lora cell of the same extra."""
     pairs = sorted(zip(extra[::2], extra[1::2]))  # option order does not change the budget a tag names
@@ -58,6 +61,8 @@ def cells(domains, sparsities, seeds, only=None, extra=()):
                 todo += [(f"{d}-xpert-{r}-{s}-s{sp:g}{tag}-seed{seed}", f"xpert-{r}-{s}",
                           ["--method", "xpert", "--sparsity", str(sp), "--events", ev, *common, *a])
                          for r, a in READINGS.items() for s, ev in SCHEDULES.items()]
+                todo += [(f"{d}-{v}-s{sp:g}{tag}-seed{seed}", v, ["--method", "xpert", "--sparsity", str(sp), *common, *a])
+                         for v, a in VARIANTS.items()]
                 out += [(n, label + tag, a) for n, label, a in todo
                         if (only is None or label in only) and n not in {o[0] for o in out}]
     return out

@@ -323,6 +323,65 @@ def test_sparsegpt_at_zero_sparsity_keeps_weights():
     torch.testing.assert_close(Wg, W)
 
 
+def obs_fixed_mask_reference(W, H, keep, percdamp=0.01):
+    """Textbook OBS with a given mask, row by row and column by column, inverting H over the columns still
+    free at every step (no Cholesky, no blocks): prune column i → the free columns j ≥ i move by
+    −w_i·[H_F⁻¹]_{0j} / [H_F⁻¹]_{00}, F = {i, ..., n−1} (Frantar & Alistarh 2023, Eq. 3 applied in order)."""
+    H = H.clone()
+    H.diagonal().add_(percdamp * H.diagonal().mean())
+    W = W.clone()
+    n = W.shape[1]
+    for r in range(W.shape[0]):
+        for i in range(n):
+            if not keep[r, i]:
+                Hi = torch.linalg.inv(H[i:, i:])
+                W[r, i:] -= W[r, i] * Hi[0] / Hi[0, 0]
+    return W * keep
+
+
+def test_sparsegpt_with_a_given_mask_is_sequential_obs():
+    """keep=: SparseGPT's updates on a mask it did not choose (xpert --final-update sparsegpt) equal the
+    column-by-column OBS reference; with its own mask it is the unconstrained call."""
+    g = torch.Generator().manual_seed(3)
+    m, n = 5, 12
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    X = correlated(64, n, seed=5)
+    H = X.T @ X
+    keep = torch.rand(m, n, generator=g) > 0.4
+    got, k2 = xpert.sparsegpt_prune(W, H, 0.4, blocksize=5, keep=keep)  # 3 blocks: the lazy update is used
+    assert torch.equal(k2, keep) and (got[~keep] == 0).all()
+    torch.testing.assert_close(got, obs_fixed_mask_reference(W, H, keep), rtol=1e-9, atol=1e-10)
+    own, own_keep = xpert.sparsegpt_prune(W, H, 0.4, blocksize=5)
+    torch.testing.assert_close(xpert.sparsegpt_prune(W, H, 0.4, blocksize=5, keep=own_keep)[0], own)
+    err = lambda Wh: (((W - Wh) @ X.T) ** 2).sum()  # noqa: E731
+    assert err(got) < err(W * keep)  # the update lowers the layer error of plain masking
+
+
+def test_final_update_sparsegpt_keeps_foresights_mask_and_lowers_the_layer_error():
+    """prune_event(final=True, final_update='sparsegpt'): exactly p-sparse, the kept weights moved; in block 0,
+    whose inputs both runs share, the same ForeSight mask as the plain final event and a better reconstruction of
+    the dense output (later blocks see the other run's block outputs, so their masks may differ)."""
+    model = xpert.add_lora(tiny_model(seed=8, dtype=torch.float64), rank=4)
+    randomize_adapters(model, seed=4)
+    twin = copy.deepcopy(model)
+    ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(1))
+    dense = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}
+    stats = {}
+    for b, block, st in xpert.sequential_blocks(copy.deepcopy(model), ids, gram=True):
+        if b == 0:
+            stats = {p: st[p].gram.double() for p in PROJECTIONS}
+    xpert.prune_event(model, ids, 0.5, final=True, progress=False)
+    xpert.prune_event(twin, ids, 0.5, final=True, final_update="sparsegpt", progress=False)
+    for (n, a), (_, b) in zip(xpert.lora_layers(model), xpert.lora_layers(twin)):
+        assert int((~b.mask).sum()) == b.mask.numel() // 2, n
+        assert (b.weight[~b.mask] == 0).all() and not torch.equal(a.weight, b.weight), n
+        if n.startswith("model.layers.0."):
+            assert torch.equal(a.mask, b.mask), n
+            H, D = stats[n.split("layers.0.")[1]], dense[n]
+            err = lambda Wh: torch.trace((D - Wh) @ H @ (D - Wh).T)  # noqa: E731  ‖(D − Ŵ)Xᵀ‖²
+            assert err(b.weight) < err(a.weight), n
+
+
 def test_wanda_oneshot_matches_direct_reference():
     model = tiny_model(seed=5)
     ref_model = copy.deepcopy(model)
