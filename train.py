@@ -87,7 +87,8 @@ def parse_args(argv=None):
                                                   "factors (PAPER.md §4.4 (a))")
     a("--delta", type=float, help="bounded allocation (PAPER.md §4.4 (b)): groups compete across the matrix, each "
                                       "pruning a fraction within [p-delta, p+delta]; 0 = equal share, 1 = --group layer")
-    a("--pbs", choices=("output", "diag", "none"), help="Partial Brain Surgeon reading (PAPER.md §5)")
+    a("--pbs", choices=("output", "diag", "none", "sparsegpt"), help="Partial Brain Surgeon reading (PAPER.md §5); "
+      "sparsegpt = a variant: SparseGPT's full OBS update of the kept weights on ForeSight's mask instead")
     a("--pbs-lambda", type=float, help="PBS ridge λ")
     a("--ema", type=float, help="EMA η of ForeSight scores across prune events")
     a("--events", help="comma-separated fractions of training at which prune events happen; 1.0 = the final "

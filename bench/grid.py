@@ -37,8 +37,10 @@ READINGS = {  # PAPER.md §4.4: the three readings of ForeSight's propagation fa
     "delta0.1": ["--foresight", "eq2", "--delta", "0.1"],  # (b) bounded row allocation, rows within p ± 0.1
 }
 SCHEDULES = {"paper": "0.33,0.67,1.0", "early": "0.04,1.0"}  # PAPER.md §3; early = one event after 1 step
-VARIANTS = {  # issue 12's one measured variant: SparseGPT's full OBS update of the kept weights at the final event
+VARIANTS = {  # issue 12's variant: SparseGPT's full OBS update of the kept weights on ForeSight's mask, at the final
+    # event only (a near no-op once the mask has settled: measured), or at every event instead of PBS
     "xpert-eq2-early-final-sparsegpt": ["--events", SCHEDULES["early"], *READINGS["eq2"], "--final-update", "sparsegpt"],
+    "xpert-eq2-early-sparsegpt": ["--events", SCHEDULES["early"], *READINGS["eq2"], "--pbs", "sparsegpt"],
 }
 
 

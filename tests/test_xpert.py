@@ -367,7 +367,7 @@ def test_final_update_sparsegpt_keeps_foresights_mask_and_lowers_the_layer_error
     ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(1))
     dense = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}
     stats = {}
-    for b, block, st in xpert.sequential_blocks(copy.deepcopy(model), ids, gram=True):
+    for b, block, st in xpert.sequential_blocks(copy.deepcopy(model).eval(), ids, gram=True):  # eval: no dropout, as prune_event
         if b == 0:
             stats = {p: st[p].gram.double() for p in PROJECTIONS}
     xpert.prune_event(model, ids, 0.5, final=True, progress=False)
@@ -380,6 +380,24 @@ def test_final_update_sparsegpt_keeps_foresights_mask_and_lowers_the_layer_error
             H, D = stats[n.split("layers.0.")[1]], dense[n]
             err = lambda Wh: torch.trace((D - Wh) @ H @ (D - Wh).T)  # noqa: E731  ‖(D − Ŵ)Xᵀ‖²
             assert err(b.weight) < err(a.weight), n
+
+
+def test_pbs_sparsegpt_event_is_sparsegpt_on_foresights_mask():
+    """pbs='sparsegpt' at a (non-final) event: block 0's folded weight is exactly sparsegpt_prune(U, XᵀX, keep=M)
+    for the U the network computed and the mask ForeSight chose; exactly p-sparse; the adapter is reset."""
+    model = xpert.add_lora(tiny_model(seed=9, dtype=torch.float64), rank=4)
+    randomize_adapters(model, seed=5)
+    ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(2))
+    U = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}  # mask all ones: U_net = U
+    for b, block, st in xpert.sequential_blocks(copy.deepcopy(model).eval(), ids, gram=True):  # eval: no dropout, as prune_event
+        if b == 0:
+            H = {p: st[p].gram.double() for p in PROJECTIONS}
+    xpert.prune_event(model, ids, 0.5, pbs="sparsegpt", progress=False)
+    for n, lin in xpert.lora_layers(model):
+        assert int((~lin.mask).sum()) == lin.mask.numel() // 2 and (lin.lora_B == 0).all(), n
+        if n.startswith("model.layers.0."):
+            want = xpert.sparsegpt_prune(U[n], H[n.split("layers.0.")[1]], 0.5, keep=lin.mask)[0]
+            torch.testing.assert_close(lin.weight, want, rtol=1e-10, atol=1e-12)
 
 
 def test_wanda_oneshot_matches_direct_reference():
