@@ -199,11 +199,12 @@ def train(args, log, rf):
     def prune_event(final):
         """One event; returns how many mask entries changed (0: the adapters were left as they were)."""
         t0 = time.time()
+        pbs = None if not method.pbs or args.pbs == "none" else args.pbs
+        update_at_final = final and args.final_update != "none"  # --final-update: that update, at the final event
         run["state"] = xpert.prune_event(model, calib, args.sparsity, group=args.group, nm=args.nm,
-                                         pbs=None if not method.pbs or args.pbs == "none" else args.pbs, ema=args.ema,
-                                         state=run["state"], lam=args.pbs_lambda, final=final,
-                                         foresight=args.foresight, delta=args.delta,
-                                         final_update=None if args.final_update == "none" else args.final_update)
+                                         pbs=args.final_update if update_at_final else pbs, pbs_final=update_at_final,
+                                         ema=args.ema, state=run["state"], lam=args.pbs_lambda, final=final,
+                                         foresight=args.foresight, delta=args.delta)
         run["events_done"] += 1
         changed, entries = run["state"]["changed_total"], sum(v.numel() for v in run["state"]["scores"].values())
         run["timings"].append({"event": run["events_done"], "step": run["step"], "final": final, "seconds": time.time() - t0,

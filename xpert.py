@@ -438,22 +438,19 @@ def pca_A(H, r):
 
 @torch.no_grad()
 def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", ema=0.5, state=None, lam=1e-8,
-                final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, final_update=None, batch_size=8,
-                progress=True):
+                final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, batch_size=8, progress=True):
     """One prune event (PAPER.md §3), block by block: capture → ForeSight scores on U = W + s·B·A → EMA
     score_k = η·s_k + (1−η)·score_{k−1} → mask → PBS ΔB → fold W ← (U + s·ΔB·A) ⊙ M → reset the adapter
     (docs/method_notes.md: revival). final=True: no PBS (unless pbs_final), exactly p-sparse.
     calib_ids (N, T); group/nm/delta: select_mask; foresight: 'eq2' (Eq. 2) or 'code' (§4.4 (a)); pbs: 'output'
     (§5.1), 'diag' (§5.2), None, or 'sparsegpt': the kept weights take SparseGPT's full OBS update for the pruned
-    ones on ForeSight's mask, not PBS's rank-r one (a variant, issue 12); lam: PBS ridge. final_update='sparsegpt':
-    that update at the final event too. state: the last event's ({'scores': {layer_name: float32 host tensor},
+    ones on ForeSight's mask, not PBS's rank-r one (a variant, issue 12); lam: PBS ridge. state: the last event's ({'scores': {layer_name: float32 host tensor},
     'events': k}); returns the new one, with 'changed' ({layer_name: mask entries flipped}) and 'changed_total'."""
     assert pbs in (None, "output", "diag", "sparsegpt"), "pbs must be 'output', 'diag', 'sparsegpt' or None"
     assert a_init in (None, "pca"), "a_init must be None or 'pca'"
     assert foresight in FORESIGHT, f"foresight must be one of {FORESIGHT}"
-    assert final_update in (None, "sparsegpt"), "final_update must be None or 'sparsegpt'"
     use_pbs = pbs if (not final or pbs_final) else None
-    obs = use_pbs == "sparsegpt" or (final and final_update == "sparsegpt")
+    obs = use_pbs == "sparsegpt"
     state = {"scores": {}, "events": 0} if state is None else state
     state["changed"] = {}
     cfg, layers = model.config, model.model.layers

@@ -339,6 +339,14 @@ def obs_fixed_mask_reference(W, H, keep, percdamp=0.01):
     return W * keep
 
 
+def block0_grams(model, ids):
+    """XᵀX of block 0's projections (float64), captured on a copy in eval mode (no dropout, as prune_event):
+    the one block whose inputs are the same whatever an event does to the weights."""
+    b, _, st = next(xpert.sequential_blocks(copy.deepcopy(model).eval(), ids, gram=True))
+    assert b == 0
+    return {p: st[p].gram.double() for p in PROJECTIONS}
+
+
 def test_sparsegpt_with_a_given_mask_is_sequential_obs():
     """keep=: SparseGPT's updates on a mask it did not choose (xpert --final-update sparsegpt) equal the
     column-by-column OBS reference; with its own mask it is the unconstrained call."""
@@ -358,7 +366,7 @@ def test_sparsegpt_with_a_given_mask_is_sequential_obs():
 
 
 def test_final_update_sparsegpt_keeps_foresights_mask_and_lowers_the_layer_error():
-    """prune_event(final=True, final_update='sparsegpt'): exactly p-sparse, the kept weights moved; in block 0,
+    """prune_event(final=True, pbs='sparsegpt', pbs_final=True) (train.py --final-update sparsegpt): exactly p-sparse, the kept weights moved; in block 0,
     whose inputs both runs share, the same ForeSight mask as the plain final event and a better reconstruction of
     the dense output (later blocks see the other run's block outputs, so their masks may differ)."""
     model = xpert.add_lora(tiny_model(seed=8, dtype=torch.float64), rank=4)
@@ -366,12 +374,9 @@ def test_final_update_sparsegpt_keeps_foresights_mask_and_lowers_the_layer_error
     twin = copy.deepcopy(model)
     ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(1))
     dense = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}
-    stats = {}
-    for b, block, st in xpert.sequential_blocks(copy.deepcopy(model).eval(), ids, gram=True):  # eval: no dropout, as prune_event
-        if b == 0:
-            stats = {p: st[p].gram.double() for p in PROJECTIONS}
+    stats = block0_grams(model, ids)
     xpert.prune_event(model, ids, 0.5, final=True, progress=False)
-    xpert.prune_event(twin, ids, 0.5, final=True, final_update="sparsegpt", progress=False)
+    xpert.prune_event(twin, ids, 0.5, final=True, pbs="sparsegpt", pbs_final=True, progress=False)
     for (n, a), (_, b) in zip(xpert.lora_layers(model), xpert.lora_layers(twin)):
         assert int((~b.mask).sum()) == b.mask.numel() // 2, n
         assert (b.weight[~b.mask] == 0).all() and not torch.equal(a.weight, b.weight), n
@@ -389,9 +394,7 @@ def test_pbs_sparsegpt_event_is_sparsegpt_on_foresights_mask():
     randomize_adapters(model, seed=5)
     ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(2))
     U = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}  # mask all ones: U_net = U
-    for b, block, st in xpert.sequential_blocks(copy.deepcopy(model).eval(), ids, gram=True):  # eval: no dropout, as prune_event
-        if b == 0:
-            H = {p: st[p].gram.double() for p in PROJECTIONS}
+    H = block0_grams(model, ids)
     xpert.prune_event(model, ids, 0.5, pbs="sparsegpt", progress=False)
     for n, lin in xpert.lora_layers(model):
         assert int((~lin.mask).sum()) == lin.mask.numel() // 2 and (lin.lora_B == 0).all(), n
