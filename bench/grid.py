@@ -121,8 +121,10 @@ def run_cells(todo, out_root):
         out = os.path.join(out_root, name)
         if not os.path.exists(os.path.join(out, "run.json")):
             cmd = [sys.executable, os.path.join(HERE, "train.py"), *args, "--out", out]
-            if os.path.exists(out + ".partial"):
+            if os.path.exists(os.path.join(out + ".partial", "ckpt.pt")):
                 cmd.append("--resume")  # a cell killed mid-run continues from its checkpoint
+            elif os.path.exists(out + ".partial"):
+                cmd.append("--overwrite")  # killed before its first checkpoint: nothing to resume, start it again
             t = time.time()
             if subprocess.run(cmd, cwd=HERE).returncode != 0:
                 raise SystemExit(f"error: cell {name} failed: {' '.join(cmd)}")
