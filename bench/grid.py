@@ -27,6 +27,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo r
 sys.path.insert(0, HERE)
 
 from bench.report import relative  # noqa: E402
+from fileio.runs import resumable  # noqa: E402
 
 RECORD = os.path.join(HERE, "results", "grid.json")
 BUDGET = ["--steps", "24", "--lr", "0.0005"]  # pinned, so a later change of train.py's defaults keeps cells comparable
@@ -121,7 +122,7 @@ def run_cells(todo, out_root):
         out = os.path.join(out_root, name)
         if not os.path.exists(os.path.join(out, "run.json")):
             cmd = [sys.executable, os.path.join(HERE, "train.py"), *args, "--out", out]
-            if os.path.exists(os.path.join(out + ".partial", "ckpt.pt")):
+            if resumable(out):
                 cmd.append("--resume")  # a cell killed mid-run continues from its checkpoint
             elif os.path.exists(out + ".partial"):
                 cmd.append("--overwrite")  # killed before its first checkpoint: nothing to resume, start it again

@@ -235,6 +235,11 @@ def load_checkpoint(work, model, device, args, corpus, log):
 # -----------------------------------------------------------------------------
 # the run folder: one live run per --out (a lock), published only when complete
 
+def resumable(out):
+    """Whether --resume can continue the run at out: its out.partial holds a checkpoint or the finished result."""
+    return any(os.path.exists(os.path.join(out + ".partial", f)) for f in ("ckpt.pt", "run.json"))
+
+
 class RunFolder:
     """with RunFolder(out, resume, overwrite) as rf: ... work in rf.work; rf.publish() at the end.
     Leaving with an error deletes a folder this run created unless it holds a checkpoint worth resuming."""
@@ -285,11 +290,10 @@ class RunFolder:
             self.lock.close()
 
     def _check(self):
-        ckpt, finished = os.path.join(self.work, "ckpt.pt"), os.path.join(self.work, "run.json")
         if os.path.exists(self.out) and not self.overwrite:
             raise UsageError(f"output folder {self.out} exists; pass --overwrite to replace it")
-        if self.resume and not (os.path.exists(ckpt) or os.path.exists(finished)):
-            raise UsageError(f"--resume: no checkpoint at {ckpt}")
+        if self.resume and not resumable(self.out):
+            raise UsageError(f"--resume: no checkpoint at {os.path.join(self.work, 'ckpt.pt')}")
         if not self.resume and os.path.exists(self.work) and not self.overwrite:
             raise UsageError(f"an interrupted run is in {self.work}; pass --resume to continue it or --overwrite to restart")
 

@@ -378,23 +378,24 @@ def test_grid_record_and_tables_relative_to_the_matching_dense_run(tmp_path, mon
 
 
 def test_grid_resumes_a_killed_cell_only_from_a_checkpoint(tmp_path, monkeypatch):
-    # a cell killed after its first checkpoint continues (--resume); one killed before it (a .partial with only
-    # train.log, as a killed grid leaves behind) starts again (--overwrite) instead of failing on --resume
+    # a cell killed after its first checkpoint (or after its result, before the publish) continues (--resume);
+    # one killed before it (a .partial with only train.log, as a killed grid leaves behind) starts again
+    # (--overwrite) instead of failing on --resume
     from bench import grid
     monkeypatch.setattr(grid, "RECORD", str(tmp_path / "results" / "grid.json"))
     monkeypatch.setattr(grid, "record_of", lambda name, label, *a: {"cell": name, "label": label, "domain": "legal",
                                                                    "seed": 0, "sparsity": 0.0, "metrics": {}})
-    for name, files in (("a", ["train.log", "ckpt.pt"]), ("b", ["train.log"]), ("c", [])):
+    for name, files in (("a", ["train.log", "ckpt.pt"]), ("b", ["train.log"]), ("c", []), ("d", ["run.json"])):
         if files:
             os.makedirs(tmp_path / f"{name}.partial")
         for f in files:
             open(tmp_path / f"{name}.partial" / f, "w").close()
     ran = []
     monkeypatch.setattr(grid.subprocess, "run", lambda cmd, **k: ran.append(cmd) or grid.subprocess.CompletedProcess(cmd, 0, "x\n"))
-    grid.run_cells([(n, "lora", ["--domain", "legal"]) for n in "abc"], str(tmp_path))
+    grid.run_cells([(n, "lora", ["--domain", "legal"]) for n in "abcd"], str(tmp_path))
     tails = [c[-3:] for c in ran if "train.py" in " ".join(c)]
     assert tails == [["--out", str(tmp_path / "a"), "--resume"], ["--out", str(tmp_path / "b"), "--overwrite"],
-                     ["legal", "--out", str(tmp_path / "c")]]
+                     ["legal", "--out", str(tmp_path / "c")], ["--out", str(tmp_path / "d"), "--resume"]]
 
 
 def test_results_md_tables_are_generated_from_results_grid_json():
