@@ -25,16 +25,14 @@ Three kinds of answers that look right on easy inputs are caught on purpose (iss
 The reference solutions live outside this package (exercises_solutions/) and are imported only with
 --solution.
 """
-import builtins
 import importlib
 import importlib.util
-import inspect
 import itertools
 import math
+import numbers
 import os
 import sys
 import traceback
-import types
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +46,19 @@ import xpert  # noqa: E402
 from model import PROJECTIONS  # noqa: E402
 
 EXERCISES = {1: "ex1_foresight", 2: "ex2_grouping", 3: "ex3_wanda", 4: "ex4_pbs", 5: "ex5_iou", 6: "ex6_nm",
-             7: "ex7_pbs_diag"}
+             7: "ex7_pbs_diag", 8: "ex8_consumers"}
 F64 = torch.float64
 
 
-class Fail(Exception):
-    """A graded check did not hold; the message says which and why."""
+from exercises._guard import Fail, LibraryCall, Submission  # noqa: E402,F401  (the answer's sandbox)
+from exercises import _guard as G  # noqa: E402
 
 
-class LibraryCall(Fail):
-    """A submission called a library function it is graded against."""
+CASE = {"now": None}  # the input the answer is running on, named in the FAIL line if it crashes there
+
+
+def on(case):
+    CASE["now"] = case
 
 
 def expect(cond, msg):
@@ -66,106 +67,16 @@ def expect(cond, msg):
 
 
 # -----------------------------------------------------------------------------
-# Library off while an answer runs: a wrapper around the function it is graded against proves nothing.
+# Switched off while an answer runs: a wrapper around the function it is graded against proves nothing.
 
-LIBRARY = ("foresight_scores", "consumer_energy", "select_mask", "_prune_groups", "pbs_output", "pbs_diag",
+LIBRARY = ("foresight_scores", "consumer_energy", "code_factors", "select_mask", "pbs_output", "pbs_diag",
            "pca_A", "prune_event", "prune_oneshot", "sparsegpt_prune")
-_TRIP_CODES = {}  # tripwire code object -> library name
-_HITS = []  # library names called by the answer now running
-_OFF = {"depth": 0, "saved": []}
-
-
-def _tripwire(*args, **kwargs):
-    # runs with the library function's globals (its __code__ replaces the function's): the name below is put
-    # there while the library is off
-    return _exercises_library_called()  # noqa: F821
-
-
-def _library_called():
-    name = _TRIP_CODES.get(sys._getframe(1).f_code, "?")
-    _HITS.append(name)
-    raise LibraryCall(name)
-
-
-def _trip_code(name):
-    code = _tripwire.__code__.replace(co_name=name)
-    try:
-        code = code.replace(co_qualname=f"xpert.{name}")
-    except TypeError:  # Python < 3.11
-        pass
-    _TRIP_CODES[code] = name
-    return code
-
-
-class library_off:
-    """Context manager: every xpert function in LIBRARY raises LibraryCall when called. The code object of
-    each function is swapped, so every reference to it is caught (xpert.f, `from xpert import f`, an alias,
-    functools.partial); a function that cannot be swapped is replaced on the module instead."""
-
-    def __enter__(self):
-        _OFF["depth"] += 1
-        if _OFF["depth"] > 1:
-            return self
-        saved = _OFF["saved"]
-        for name in LIBRARY:
-            f = getattr(xpert, name, None)
-            if f is None:
-                continue
-            target = inspect.unwrap(f)
-            if isinstance(target, types.FunctionType) and not target.__code__.co_freevars:
-                saved.append(("globals", target.__globals__, None))
-                target.__globals__["_exercises_library_called"] = _library_called  # xpert's, or its submodule's
-                saved.append(("code", target, target.__code__))
-                target.__code__ = _trip_code(name)
-            else:
-                trip = types.FunctionType(_trip_code(name), {"__builtins__": builtins,
-                                                             "_exercises_library_called": _library_called}, name)
-                saved.append(("attr", name, f))
-                setattr(xpert, name, trip)
-        return self
-
-    def __exit__(self, *exc):
-        _OFF["depth"] -= 1
-        if _OFF["depth"] == 0:
-            for kind, a, b in reversed(_OFF["saved"]):
-                if kind == "code":
-                    a.__code__ = b
-                elif kind == "globals":
-                    a.pop("_exercises_library_called", None)
-                else:
-                    setattr(xpert, a, b)
-            _OFF["saved"].clear()
-        return False
-
-
-class Submission:
-    """The answer as the checks see it: every function of it runs with the library off, and a call to
-    the library (even one the answer caught) fails the exercise with a message that names it."""
-
-    def __init__(self, module):
-        self._module = module
-
-    def __getattr__(self, name):
-        obj = getattr(self._module, name)
-        if not callable(obj) or isinstance(obj, type):
-            return obj
-
-        def call(*args, **kwargs):
-            del _HITS[:]
-            try:
-                with library_off():
-                    return obj(*args, **kwargs)
-            except LibraryCall:
-                pass
-            finally:
-                hits = list(_HITS)
-                del _HITS[:]
-                if hits:
-                    raise LibraryCall(f"{name}() calls xpert.{hits[0]}: this exercise asks you to write that "
-                                      "computation yourself. The grader checks answers against xpert, so an answer "
-                                      "that calls it (or wraps it) proves nothing")
-        call.__name__ = name
-        return call
+# the grader's own reference computations (defined below): calling them is the same shortcut
+REFERENCES = ("bruteforce_dz", "closed_form_mistakes", "ref_wanda_scores", "pruned_iou_ref", "expected_iou",
+              "exact_chance_iou", "pbs_lstsq", "change_ref", "pbs_diag_lstsq", "consumer_bruteforce",
+              "consumer_mistakes")
+G.switch_off(xpert, lambda: list(LIBRARY) + [n for n in G.private_functions(xpert) if n not in LIBRARY], "xpert")
+G.switch_off(sys.modules[__name__], REFERENCES, "exercises.check")
 
 
 def expect_top_k(mask, scores, k, what, unit="row", name_of=None, rtol=1e-9):
@@ -218,18 +129,24 @@ def close(a, b, rtol=1e-7, atol=0.0):
     return diff <= rtol * scale + atol, diff / max(scale, 1e-300)
 
 
-def expect_close(a, b, what, rtol=1e-7, atol=0.0, mistakes=()):
-    """a ≈ b; if not, and a matches one of `mistakes` [(value, 'what that mistake is'), ...], name it."""
+def expect_close(a, b, what, rtol=1e-7, atol=0.0, mistakes=(), dtype=None):
+    """a ≈ b; if not, and a matches one of `mistakes` [(value, 'what that mistake is'), ...], name it. With dtype,
+    a must have that dtype (checked first: a float32 result passes a float64 comparison, then breaks the fold)."""
     if not isinstance(a, torch.Tensor):
         raise Fail(f"{what}: expected a tensor, got {type(a).__name__}")
-    if tuple(a.shape) != tuple(b.shape):
-        raise Fail(f"{what}: shape {tuple(a.shape)}, expected {tuple(b.shape)}")
+    if dtype is not None and a.dtype != dtype:
+        raise Fail(f"{what}: returned dtype {a.dtype}, but the inputs are {dtype}: return the dtype of the inputs "
+                   "(compute in it, or convert with .to(U.dtype) at the end); the grader's fold U + s·ΔB·A, like "
+                   "xpert's, would otherwise mix dtypes")
     ok, rel = close(a, b, rtol, atol)
     if not ok:
         for value, mistake in mistakes:
-            if close(a, value, 1e-6)[0]:
-                raise Fail(f"{what}: differs from the independent computation (max relative difference {rel:.3g}); "
-                           f"it equals {mistake}")
+            if tuple(value.shape) == tuple(a.shape) and close(a, value, 1e-6)[0]:
+                raise Fail(f"{what}: differs from the independent computation"
+                           + (f" (max relative difference {rel:.3g})" if a.shape == b.shape else "")
+                           + f"; it equals {mistake}")
+    if tuple(a.shape) != tuple(b.shape):
+        raise Fail(f"{what}: shape {tuple(a.shape)}, expected {tuple(b.shape)}")
     expect(ok, f"{what}: differs from the independent computation (max relative difference {rel:.3g})")
 
 
@@ -255,7 +172,7 @@ def real_energy(b):
     cfg, layers = model.config, model.model.layers
     nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
     e = xpert.consumer_energy(layers[b], nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
-    return {k: v.double() for k, v in e.items()}
+    return {k: v.detach().double() for k, v in e.items()}
 
 
 def pruned_iou_ref(a, b):
@@ -297,24 +214,46 @@ def closed_form_mistakes(X, U, U2):
     return out
 
 
+LOOP_BUDGET = 40  # lines of Python a "no loop" answer may run on a layer with ≥ 64 rows, columns and consumers
+
+
+def expect_no_loop(lines, codes, mod, fn, what, calls_bruteforce=None):
+    """A "no loop" answer ran `lines` lines of Python (grader and libraries not counted)."""
+    helper = getattr(getattr(mod, "_module", mod), calls_bruteforce, None) if calls_bruteforce else None
+    helper = getattr(helper, "__code__", None)
+    expect(helper is None or helper not in codes, f"{fn} calls your {calls_bruteforce}: the closed form is the "
+           "formula itself (paper Eq. 2), computed without any loop; a brute force in disguise proves nothing")
+    expect(lines <= LOOP_BUDGET, f"{fn} ran {lines} lines of Python on {what}: it loops (over weights, rows, "
+           f"columns or consumers). The task asks for no loop: whole-tensor operations only (at most {LOOP_BUDGET} "
+           "lines are allowed, whatever the size)")
+
+
 def check_1(mod, log):
     g = gen(1)
     # the square consumer (k = m) comes first: there a consumer read along the wrong axis broadcasts
-    # silently instead of raising
+    # silently instead of raising. Every reference is computed after the answer ran (nothing to read from here).
     for N, n, m, k in [(8, 5, 4, 4), (7, 5, 4, 3), (9, 6, 5, 7)]:
         X, U, U2 = randn(N, n, g=g) * randn(n, g=g).exp(), randn(m, n, g=g), randn(k, m, g=g)
-        ref = bruteforce_dz(X, U, linear(U2))
         shape = f"random X {N}×{n}, U {m}×{n}, U2 {k}×{m}"
-        expect_close(mod.foresight_closed_form(X, U, U2), ref, f"foresight_closed_form, {shape}", rtol=1e-9,
-                     mistakes=closed_form_mistakes(X, U, U2))
-        expect_close(mod.foresight_bruteforce(X, U, linear(U2)), ref,
-                     f"foresight_bruteforce, {shape}, linear consumer Y ↦ Y U2ᵀ", rtol=1e-9,
+        cf = mod.foresight_closed_form(X, U, U2)
+        bf = mod.foresight_bruteforce(X, U, linear(U2))
+        ref = bruteforce_dz(X, U, linear(U2))
+        expect_close(cf, ref, f"foresight_closed_form, {shape}", rtol=1e-9, mistakes=closed_form_mistakes(X, U, U2))
+        expect_close(bf, ref, f"foresight_bruteforce, {shape}, linear consumer Y ↦ Y U2ᵀ", rtol=1e-9,
                      mistakes=[(ref.sqrt(), "‖ΔZ‖_F, not its square ‖ΔZ‖²_F")])
     X, U, U2 = randn(40, 24, g=g) * randn(24, g=g).exp(), randn(16, 24, g=g), randn(12, 16, g=g)
     expect_close(mod.foresight_closed_form(X, U, U2), bruteforce_dz(X, U, linear(U2)),
                  "foresight_closed_form, random 16×24 layer", rtol=1e-9, mistakes=closed_form_mistakes(X, U, U2))
+    # "without any loop": a 64×96 layer read by 80 consumer rows, lines of Python counted
+    X, U, U2 = randn(32, 96, g=g), randn(64, 96, g=g), randn(80, 64, g=g)
+    cf, lines, codes = mod.traced("foresight_closed_form", X, U, U2)
+    expect_no_loop(lines, codes, mod, "foresight_closed_form", "a 64×96 layer with an 80×64 consumer",
+                   "foresight_bruteforce")
+    entries = [(int(j), int(c)) for j, c in zip(torch.randint(64, (20,), generator=g), torch.randint(96, (20,), generator=g))]
+    expect_close(cf[tuple(zip(*entries))], bruteforce_dz(X, U, linear(U2), entries)[tuple(zip(*entries))],
+                 "foresight_closed_form, random 64×96 layer (20 weights recomputed)", rtol=1e-9)
     log("random layers (a square consumer among them): both functions equal ‖ΔZ‖²_F recomputed from scratch for "
-        "every weight")
+        "every weight; the closed form runs no loop (64×96 layer)")
 
     # non-linear consumers: only a brute force that calls the consumer on the changed output gets them right
     N, n, m, k = 9, 6, 5, 7
@@ -322,8 +261,8 @@ def check_1(mod, log):
     gate = F.silu(randn(N, m, g=g))
     for name, consumer in [("tanh, Y ↦ tanh(Y) U2ᵀ", lambda Y: torch.tanh(Y) @ U2.T),
                            ("per-token gate, Y ↦ (silu(G) ⊙ Y) U2ᵀ as in SwiGLU", lambda Y: (gate * Y) @ U2.T)]:
-        ref = bruteforce_dz(X, U, consumer)
-        ok, rel = close(mod.foresight_bruteforce(X, U, consumer), ref, 1e-9)
+        bf = mod.foresight_bruteforce(X, U, consumer)
+        ok, rel = close(bf, bruteforce_dz(X, U, consumer), 1e-9)
         expect(ok, f"foresight_bruteforce with a non-linear consumer ({name}): differs from ‖consumer(X Uᵀ) − "
                f"consumer(X Vᵀ)‖²_F recomputed from scratch for every weight (max relative difference {rel:.3g}). "
                "A brute force must zero each weight and call the consumer on the changed layer output: no closed "
@@ -396,6 +335,13 @@ def check_2(mod, log):
     log("group_mask prunes exactly floor(p·size) of the lowest scores of every group (3 groups × 3 shapes × 4 "
         "sparsities, and integer scores with exact ties)")
 
+    claim = mod.groups_where_e_is_inert()  # asked before the grader measures anything
+    expect(isinstance(claim, (set, frozenset, list, tuple)) and all(isinstance(c, str) for c in claim),
+           "groups_where_e_is_inert() should return a set of group names ('out', 'in', 'layer')")
+    claim = set(claim)
+    expect(claim <= set(UNIT), f"groups_where_e_is_inert() = {sorted(claim)}: the groups are 'out', 'in', 'layer'")
+
+    # the claim is tested by counterexample: positive per-row factors (the real e_j, random ones, a wide spread)
     b = real_block(2)
     U = C.weight(b, "mlp.gate_proj")
     E = C.layer_inputs("legal")[f"model.layers.{b}.mlp.gate_proj"].pow(2).sum(0)
@@ -403,21 +349,26 @@ def check_2(mod, log):
     base = U.pow(2) * E[None, :]  # Wanda², no propagation factor
     trials = [("real e_j", e_real)] + [(f"random e_j #{t}", torch.rand(U.shape[0], generator=g, dtype=F64) * 10 + 0.01)
                                        for t in range(2)]
-    observed, lines = set(), []
+    trials.append(("e_j = exp(3·N(0,1))", (3 * randn(U.shape[0], g=g)).exp()))
+    flips, lines = {}, []
     for group in ("out", "in", "layer"):
-        changed = [int((mod.group_mask(base * e[:, None], 0.4, group) != mod.group_mask(base, 0.4, group)).sum())
-                   for _, e in trials]
-        if max(changed) == 0:
-            observed.add(group)
+        plain = mod.group_mask(base, 0.4, group)
+        flips[group] = [int((mod.group_mask(base * e[:, None], 0.4, group) != plain).sum()) for _, e in trials]
         lines.append(f"  group {group!r:8}: weights whose keep/prune flips when e_j is applied: "
-                     + ", ".join(f"{c} ({name})" for c, (name, _) in zip(changed, trials)))
-    claim = mod.groups_where_e_is_inert()
-    expect(isinstance(claim, (set, frozenset, list, tuple)), "groups_where_e_is_inert() should return a set of group names")
-    claim = set(claim)
-    # no table here: it is what the exercise asks you to prove (it is printed once the claim is right)
-    expect(claim == observed, f"groups_where_e_is_inert() = {sorted(claim)} is not the set of groups in which a "
-           "positive per-row factor can never change the mask. Argue it on paper: inside which groups is e_j the "
-           "same number for every score? (The grader's measurement is printed once your claim is right.)")
+                     + ", ".join(f"{c} ({name})" for c, (name, _) in zip(flips[group], trials)))
+    where = f"block {b} gate_proj ({U.shape[0]}×{U.shape[1]}) of {C.tiny_model()[2]}, p=0.4"
+    for group in sorted(claim):
+        worst = max(range(len(trials)), key=lambda t: flips[group][t])
+        expect(flips[group][worst] == 0, f"groups_where_e_is_inert() claims that in group {group!r} no positive "
+               f"per-row factor can change the mask. Counterexample: on {where}, multiplying Wanda²'s scores by "
+               f"the positive factor {trials[worst][0]} flips {flips[group][worst]} weights between kept and pruned "
+               f"in group {group!r}. Which factor of the score differs between members of a {UNIT[group]}?")
+    # a group left out of the claim: the grader finds no counterexample; naming it would give the answer away
+    expect(claim == {grp for grp, f in flips.items() if max(f) == 0}, f"groups_where_e_is_inert() = "
+           f"{sorted(claim)} leaves out a group in which no positive per-row factor changed the mask (the grader "
+           f"tried {len(trials)} factors, among them the real e_j). Can you build one that does? If not, prove why "
+           "not: inside which groups is e_j the same number for every score? (The grader's measurement is printed "
+           "once your claim is right.)")
     log(f"{C.tiny_model()[2]}, block {b} gate_proj ({U.shape[0]}×{U.shape[1]}), p=0.4:\n" + "\n".join(lines))
 
 
@@ -439,15 +390,16 @@ def expect_wanda(mask, W, X, p, what):
 
 def check_3(mod, log):
     g = gen(3)
-    for (m, n, N), p in itertools.product([(8, 12, 30), (5, 16, 20)], [0.25, 0.5, 0.6]):
+    # p = 0 (nothing pruned) and p = 1 (everything) are edges: `argsort(descending)[:, -k:]` prunes all at k = 0
+    for (m, n, N), p in itertools.product([(8, 12, 30), (5, 16, 20)], [0.0, 0.25, 0.5, 0.6, 1.0]):
         W, X = randn(m, n, g=g), randn(N, n, g=g) * (randn(n, g=g) * 1.5).exp()  # very uneven column scales
         expect_wanda(mod.wanda_mask(W, X, p), W, X, p, f"wanda_mask(random {m}×{n}, {N} tokens, p={p})")
     # a weight folded by an earlier event: 12 exact zeros per row score exactly 0 and tie
     W, X = tied_scores(8, 20, 12, g) * randn(8, 20, g=g).sign(), randn(30, 20, g=g) * (randn(20, g=g) * 1.5).exp()
     for p in (0.5, 0.3):
         expect_wanda(mod.wanda_mask(W, X, p), W, X, p, f"wanda_mask(8×20 weight with 12 exact zeros per row, p={p})")
-    log("wanda_mask keeps the top of |W[i,c]|·‖X_c‖₂ per output row, exactly floor(p·n) pruned (6 random cases, and a "
-        "weight with exact zeros that tie)")
+    log("wanda_mask keeps the top of |W[i,c]|·‖X_c‖₂ per output row, exactly floor(p·n) pruned (10 random cases, p = 0 "
+        "and p = 1 among them, and a weight with exact zeros that tie)")
 
     b = real_block(1)
     Xs, e = C.layer_inputs("legal"), real_energy(b)
@@ -471,16 +423,23 @@ def check_3(mod, log):
 # -----------------------------------------------------------------------------
 # Exercise 4 — PBS (our reading, PAPER.md §5.1) vs lstsq; rank 8 vs 64
 
-def pbs_lstsq(U, A, M, X, s, lam):
-    """Row by row: min_δ ‖s·X_K A_Kᵀ δ − X_S R_Sᵀ‖² + λ‖δ‖², as one augmented least-squares problem."""
+def pbs_lstsq(D, A, M, X, s, lam):
+    """Row by row: min_δ ‖s·X_K A_Kᵀ δ − X D_iᵀ‖² + λ‖δ‖² (the fold's residual of row i), as one augmented
+    least-squares problem. D is read on every column: at a later event it is non-zero on revived ones too."""
     r = A.shape[0]
-    dB = torch.zeros(U.shape[0], r, dtype=F64)
-    for i in range(U.shape[0]):
-        K, S = M[i], ~M[i]
-        D = torch.cat([s * X[:, K] @ A[:, K].T, math.sqrt(lam) * torch.eye(r, dtype=F64)])
-        t = torch.cat([X[:, S] @ U[i, S], torch.zeros(r, dtype=F64)])
-        dB[i] = torch.linalg.lstsq(D, t[:, None], driver="gelsd").solution[:, 0]
+    dB = torch.zeros(D.shape[0], r, dtype=F64)
+    for i in range(D.shape[0]):
+        K = M[i]
+        lhs = torch.cat([s * X[:, K] @ A[:, K].T, math.sqrt(lam) * torch.eye(r, dtype=F64)])
+        t = torch.cat([X @ D[i], torch.zeros(r, dtype=F64)])
+        dB[i] = torch.linalg.lstsq(lhs, t[:, None], driver="gelsd").solution[:, 0]
     return dB
+
+
+def change_ref(U, M_old, M_new):
+    """What a fold takes away, entry by entry: +U where pruned now (kept before), −U where revived, else 0."""
+    pruned_now, revived = M_old & ~M_new, ~M_old & M_new
+    return torch.where(pruned_now, U, torch.zeros_like(U)) - torch.where(revived, U, torch.zeros_like(U))
 
 
 def random_row_mask(m, n, p, g):
@@ -490,15 +449,64 @@ def random_row_mask(m, n, p, g):
     return keep
 
 
+def uneven_mask(m, n, g):
+    """Rows with different pruned counts: row 0 prunes nothing, row 1 everything, the others 1 … n−1 at random
+    (as --group layer, --group in and --delta give)."""
+    keep = torch.ones(m, n, dtype=torch.bool)
+    keep[1] = False
+    for i in range(2, m):
+        keep[i, torch.randperm(n, generator=g)[:int(torch.randint(1, n, (1,), generator=g))]] = False
+    return keep
+
+
+def change_mistakes(U, M_old, M_new):
+    return [(U * M_old * ~M_new, "R = U ⊙ M_old ⊙ (1 − M_new) alone: the weights a later event revives (pruned "
+             "before, kept now) change the layer too, by −U at their positions"),
+            (U * M_old * ~M_new + U * ~M_old * M_new, "R + Rev: a revived weight is ADDED back to the layer, so the "
+             "fold changes it by −U there (D = U ⊙ M_old − U ⊙ M_new)"),
+            (U * ~M_new, "U ⊙ (1 − M_new), the first event's R: it also counts weights that were pruned before "
+             "(M_old = 0), which the network no longer computes, and misses the revived ones")]
+
+
+def expect_pbs(mod, D, A, M, X, s, lam, what):
+    on(what)
+    dB = mod.pbs_solve(D, A, M, X.T @ X, s, lam)
+    later = bool((D * M).ne(0).any())  # D is non-zero on kept columns: revived weights
+    mistakes = [(pbs_lstsq(D * ~M, A, M, X, s, lam), "the solution for D on the pruned columns only (R_{i,S}): at "
+                 "a later event D is non-zero on revived columns too, and those are among the KEPT ones; the "
+                 "right-hand side must read all of row i of D")] if later else []
+    expect_close(dB, pbs_lstsq(D, A, M, X, s, lam), what, rtol=1e-6, dtype=D.dtype, mistakes=mistakes)
+    return dB
+
+
 def check_4(mod, log):
     g = gen(4)
+    for m, n in [(7, 9), (6, 12)]:
+        U, Mo, Mn = randn(m, n, g=g), random_row_mask(m, n, 0.4, g), random_row_mask(m, n, 0.5, g)
+        D = mod.whole_change(U, Mo, Mn)
+        expect_close(D, change_ref(U, Mo, Mn), f"whole_change(random {m}×{n}, M_old, M_new)", rtol=0.0, dtype=U.dtype,
+                     mistakes=change_mistakes(U, Mo, Mn))
+        Mo_first = torch.ones(m, n, dtype=torch.bool)
+        expect_close(mod.whole_change(U, Mo_first, Mn), change_ref(U, Mo_first, Mn), f"whole_change(random {m}×{n}) at "
+                     "the first event (M_old = 1): D = R", rtol=0.0, dtype=U.dtype)
     for m, n, r, N, s, lam in [(6, 10, 3, 40, 2.0, 1e-3), (5, 12, 5, 30, 0.5, 1e-2)]:
         X = randn(N, n, g=g) @ (randn(n, n, g=g) / math.sqrt(n) + torch.eye(n, dtype=F64))  # correlated inputs
-        U, A, M = randn(m, n, g=g), randn(r, n, g=g), random_row_mask(m, n, 0.5, g)
-        dB = mod.pbs_solve(U, A, M, X.T @ X, s, lam)
-        expect_close(dB, pbs_lstsq(U, A, M, X, s, lam), f"pbs_solve(random {m}×{n}, r={r}, s={s}, λ={lam})", rtol=1e-6)
-    log("pbs_solve equals torch.linalg.lstsq on every row's least-squares problem (2 random layers)")
+        U, A = randn(m, n, g=g), randn(r, n, g=g)
+        for kind, M in [("50% per row", random_row_mask(m, n, 0.5, g)),
+                        ("uneven rows: one prunes nothing, one everything", uneven_mask(m, n, g))]:
+            expect_pbs(mod, U * ~M, A, M, X, s, lam, f"pbs_solve(random {m}×{n}, r={r}, s={s}, λ={lam}, first event "
+                       f"D = U ⊙ (1 − M), mask {kind})")
+        Mo, Mn = random_row_mask(m, n, 0.4, g), uneven_mask(m, n, g)
+        expect_pbs(mod, change_ref(U, Mo, Mn), A, Mn, X, s, lam, f"pbs_solve(random {m}×{n}, r={r}, later event: "
+                   "D = U ⊙ M_old − U ⊙ M_new, uneven rows)")
+    log("whole_change = U ⊙ M_old − U ⊙ M_new (2 random layers, and M_old = 1); pbs_solve equals torch.linalg.lstsq "
+        "on every row's least-squares problem (2 random layers: first events with even and uneven rows, a later "
+        "event with revived weights)")
+    check_4_rank(mod, log, g)
+    check_4_later(mod, log, g)
 
+
+def check_4_rank(mod, log, g):
     b = real_block(1)
     U = C.weight(b, "mlp.down_proj")
     X = C.layer_inputs("legal")[f"model.layers.{b}.mlp.down_proj"]
@@ -510,9 +518,10 @@ def check_4(mod, log):
     for r in (8, 64):
         A = A64[:r]  # A_8 = the first 8 rows of A_64: the rank-64 adapter can do all the rank-8 one can
         lam = 1e-9 * s * s * torch.trace(A @ H @ A.T).item() / r
-        dB = mod.pbs_solve(U, A, M, H, s, lam)
-        expect_close(dB, xpert.pbs_output(U, A, M, H, s, lam, lam_relative=False),
-                     f"pbs_solve(block {b} down_proj, r={r}) vs xpert.pbs_output", rtol=1e-4, atol=1e-12)
+        D = U * ~M  # first event
+        dB = mod.pbs_solve(D, A, M, H, s, lam)
+        expect_close(dB, xpert.pbs_output(D, A, M, H, s, lam, lam_relative=False),
+                     f"pbs_solve(block {b} down_proj, r={r}) vs xpert.pbs_output", rtol=1e-4, atol=1e-12, dtype=F64)
         W = (U + s * dB @ A) * M
         errs[f"r={r}"] = (C.rel_output_error(W, U, X), C.rel_output_error(W, U, X_test))
     lines = [f"  {k:5}  calibration {v[0]:.4f}   held-out {v[1]:.4f}" for k, v in errs.items()]
@@ -522,6 +531,46 @@ def check_4(mod, log):
     expect(cal["r=64"] < cal["r=8"] < cal["none"], "on the calibration tokens PBS must order the errors "
            "r=64 < r=8 < no PBS (each is the minimiser over a larger set):\n" + report)
     log(report)
+
+
+def later_event(g):
+    """Block 1 down_proj at its second event (PAPER.md §5.1 "Later events"): event 1 folded a 50% Wanda mask, the
+    adapter then trained (here: a random B·A at the scale of the small kept weights), event 2 ranks U = W + s·B·A
+    with the EMA of both events' Wanda² scores. Returns (U, M_old, M_new, A, X, s)."""
+    b = real_block(1)
+    W0 = C.weight(b, "mlp.down_proj")
+    X = C.layer_inputs("legal")[f"model.layers.{b}.mlp.down_proj"]
+    col = X.pow(2).sum(0)[None, :]
+    M1 = xpert.select_mask(W0.pow(2) * col, 0.5, "out")
+    s, r = 2.0, 8
+    A = randn(r, W0.shape[1], g=g) / math.sqrt(3 * W0.shape[1])
+    B = randn(W0.shape[0], r, g=g) * (0.5 * W0.abs().median().item() * math.sqrt(3 * W0.shape[1] / r) / s)
+    U = W0 * M1 + s * B @ A  # the unmasked effective weight after event 1's fold and some training
+    M2 = xpert.select_mask(0.5 * U.pow(2) * col + 0.5 * W0.pow(2) * col, 0.5, "out")
+    return U, M1, M2, A, X, s
+
+
+def check_4_later(mod, log, g):
+    U, Mo, Mn, A, X, s = later_event(g)
+    H = X.T @ X
+    lam = 1e-9 * s * s * torch.trace(A @ H @ A.T).item() / A.shape[0]
+    D = mod.whole_change(U, Mo, Mn)
+    expect_close(D, change_ref(U, Mo, Mn), "whole_change(block 1 down_proj, second event)", rtol=0.0, dtype=U.dtype,
+                 mistakes=change_mistakes(U, Mo, Mn))
+    R = U * Mo * ~Mn
+    dB = expect_pbs(mod, D, A, Mn, X, s, lam, "pbs_solve(block 1 down_proj, second event, D = R − Rev)")
+    dB_R = mod.pbs_solve(R, A, Mn, H, s, lam)
+    before = U * Mo  # what the network computed until this event
+
+    def err(dB):
+        return C.rel_output_error((U + s * dB @ A) * Mn, before, X)
+    errs = {"no PBS": err(torch.zeros_like(dB)), "R only": err(dB_R), "whole D": err(dB)}
+    expect(errs["whole D"] < errs["no PBS"] and errs["whole D"] <= errs["R only"] * (1 + 1e-9),
+           f"second event: making up for the whole change D must beat no PBS and R alone (it minimises the very "
+           f"error measured here): {errs}")
+    log(f"{C.tiny_model()[2]}, block 1 down_proj at a second event (r={A.shape[0]}): {int((Mo & ~Mn).sum())} weights "
+        f"pruned now, {int((~Mo & Mn).sum())} revived; relative output error on the calibration tokens after the fold:\n  "
+        + "   ".join(f"{k} {v:.4f}" for k, v in errs.items()))
 
 
 # -----------------------------------------------------------------------------
@@ -546,36 +595,83 @@ def exact_chance_iou(p, n=200_000):
     return 2 * expected_iou(p, 2 * n) - expected_iou(p, n)
 
 
+LOW_PRECISION = {torch.float32, torch.float16, torch.bfloat16}
+
+
+def as_number(v, what):
+    """(float value, its precision: 'float32' or 'float64') of any number an answer returns: int, float,
+    Fraction, a numpy scalar or 0-d array, a one-element tensor (torch's integer division gives float32)."""
+    precision = "float64"
+    if isinstance(v, torch.Tensor):
+        expect(v.numel() == 1, f"{what} should return a number, got a tensor of shape {tuple(v.shape)}")
+        precision = "float32" if v.dtype in LOW_PRECISION else "float64"
+        v = v.detach().reshape(()).item()
+    elif type(v).__module__ == "numpy":
+        if getattr(v, "shape", ()) != () and getattr(v, "size", 1) == 1:
+            v = v.reshape(())
+        expect(getattr(v, "shape", ()) == (), f"{what} should return a number, got a numpy array of shape {v.shape}")
+        precision = "float32" if str(getattr(v, "dtype", "")) in ("float32", "float16") else "float64"
+        v = v.item()
+    expect(isinstance(v, numbers.Real), f"{what} should return a number, got {type(v).__name__}")
+    return float(v), precision
+
+
+def check_pruned_iou(mod, a, b, what):
+    v, precision = as_number(mod.pruned_iou(a, b), "pruned_iou")
+    ref = pruned_iou_ref(a, b)  # computed after the answer ran
+    tol = 1e-6 if precision == "float32" else 1e-12  # float32 rounds a ratio in [0, 1] to ~6e-8
+    expect(abs(v - ref) <= tol, f"pruned_iou on {what}: {v:.6f}, a brute-force count of the PRUNED positions "
+           f"(keep == False) gives {ref:.6f}")
+    return v, ref, tol
+
+
+def chance_steps(mod, p):
+    """Is chance_iou piecewise constant around p (a count on a finite matrix, a seeded simulation), as a formula
+    in p is not? Only asked of float64 answers (float32 cannot resolve 1e-9)."""
+    return as_number(mod.chance_iou(p + 1e-9), "chance_iou")[0] == as_number(mod.chance_iou(p), "chance_iou")[0]
+
+
 def check_5(mod, log):
     g = gen(5)
     for shape in [(3, 4), (5, 7), (11,), (4, 6, 2)]:
         for pa, pb in [(0.5, 0.5), (0.3, 0.6), (0.9, 0.2)]:
             a = torch.rand(shape, generator=g) >= pa
             b = torch.rand(shape, generator=g) >= pb
-            v, ref = mod.pruned_iou(a, b), pruned_iou_ref(a, b)
-            expect(isinstance(v, (float, int)) or (isinstance(v, torch.Tensor) and v.numel() == 1),
-                   f"pruned_iou should return a number, got {type(v).__name__}")
-            expect(abs(float(v) - ref) < 1e-12, f"pruned_iou on random masks {shape}: {float(v):.6f}, a brute-force count "
-                   f"of the PRUNED positions (keep == False) gives {ref:.6f}")
-            expect(abs(float(mod.pruned_iou(b, a)) - ref) < 1e-12, "pruned_iou should be symmetric")
+            v, ref, tol = check_pruned_iou(mod, a, b, f"random masks {shape}")
+            expect(abs(check_pruned_iou(mod, b, a, f"random masks {shape}, swapped")[0] - v) <= tol,
+                   "pruned_iou should be symmetric")
     full, some = torch.ones(4, 5, dtype=torch.bool), torch.ones(4, 5, dtype=torch.bool)
     some[1, 2] = False
-    expect(abs(float(mod.pruned_iou(full, full)) - 1.0) < 1e-12, "pruned_iou of two masks that prune nothing should be 1.0")
-    expect(abs(float(mod.pruned_iou(full, some))) < 1e-12, "pruned_iou(nothing pruned, one weight pruned) should be 0.0")
+    expect(abs(as_number(mod.pruned_iou(full, full), "pruned_iou")[0] - 1.0) < 1e-12,
+           "pruned_iou of two masks that prune nothing should be 1.0")
+    expect(abs(as_number(mod.pruned_iou(full, some), "pruned_iou")[0]) < 1e-12,
+           "pruned_iou(nothing pruned, one weight pruned) should be 0.0")
     log("pruned_iou equals a brute-force count (12 random cases + edge cases)")
 
-    for p in (0.1, 0.25, 0.4, 0.5, 0.8):
-        v1, v2 = float(mod.chance_iou(p)), float(mod.chance_iou(p))
+    ps, got = (0.1, 0.25, 0.4, 0.5, 0.8), {}
+    for p in ps:
+        (v1, precision), v2 = as_number(mod.chance_iou(p), "chance_iou"), as_number(mod.chance_iou(p), "chance_iou")[0]
         expect(v1 == v2, f"chance_iou({p}) returned {v1:.6f}, then {v2:.6f}: the task asks for the exact formula, not "
                "a simulation")
-        exact = exact_chance_iou(p)
-        rel = abs(v1 - exact) / exact
-        expect(rel < 0.1, f"chance_iou({p}) = {v1:.6f} is far from the expected IoU of two independent random masks "
-               f"with {p:.0%} pruned (relative difference {rel:.3g}; the grader sums the exact hypergeometric "
-               "distribution of their overlap)")
-        expect(rel <= 1e-7, f"chance_iou({p}) = {v1:.6f} is close to, but not exactly, the expected IoU of two random "
-               f"masks (relative difference {rel:.2g}, tolerance 1e-7): as close as a Monte-Carlo estimate, a count on "
-               "a finite matrix or an approximation gets. The task asks for the exact formula, not a simulation")
+        got[p] = (v1, precision)
+    exact = {p: exact_chance_iou(p) for p in ps}  # after the answer ran
+    rel = {p: abs(got[p][0] - exact[p]) / exact[p] for p in ps}
+    tol = {p: 1e-6 if got[p][1] == "float32" else 1e-7 for p in ps}
+    table = ", ".join(f"p={p}: {got[p][0]:.6f} vs {exact[p]:.6f}" for p in ps)
+    worst = max(ps, key=lambda p: rel[p])
+    expect(rel[worst] < 0.1, f"chance_iou({worst}) = {got[worst][0]:.6f} is far from the expected IoU of two "
+           f"independent random masks with {worst:.0%} pruned (relative difference {rel[worst]:.3g}; the grader sums "
+           f"the exact hypergeometric distribution of their overlap). Yours vs exact: {table}")
+    bad = [p for p in ps if rel[p] > tol[p]]
+    if bad:
+        stepwise = all(got[p][1] == "float64" and chance_steps(mod, p) for p in bad)
+        expect(not stepwise, f"chance_iou({bad[0]}) = {got[bad[0]][0]:.6f} is close to, but not exactly, the "
+               f"expected IoU of two random masks (relative difference {rel[bad[0]]:.2g}, tolerance 1e-7), and it does "
+               "not move when p moves by 1e-9: a count on a finite matrix or a seeded simulation. The task asks "
+               "for the exact formula in p, not a simulation")
+        raise Fail(f"chance_iou is a formula in p, but not the expected IoU of two independent random masks: "
+                   f"{table} (relative differences " + ", ".join(f"{rel[p]:.2g}" for p in ps) + "; tolerance 1e-7). "
+                   "Count per position: the probability of being pruned in both, and in at least one")
     log("chance_iou equals the exact expected IoU (hypergeometric overlap, large-matrix limit) to 1e-7 at p = 0.1, "
         "0.25, 0.4, 0.5, 0.8")
 
@@ -590,16 +686,17 @@ def check_5(mod, log):
             W = C.weight(b, proj)
             ma = xpert.select_mask(W.abs() * dom[key].pow(2).sum(0).sqrt()[None, :], p, "out")
             mb = xpert.select_mask(W.abs() * gen_[key].pow(2).sum(0).sqrt()[None, :], p, "out")
-            v = float(mod.pruned_iou(ma, mb))
+            v, precision = as_number(mod.pruned_iou(ma, mb), "pruned_iou")
             pa, pb = (~ma).numpy().ravel(), (~mb).numpy().ravel()
             ref = (pa & pb).sum() / (pa | pb).sum()
-            expect(abs(v - ref) < 1e-9, f"pruned_iou on {key}: {v:.6f}, expected {ref:.6f}")
+            expect(abs(v - ref) < (1e-6 if precision == "float32" else 1e-9),
+                   f"pruned_iou on {key}: {v:.6f}, expected {ref:.6f}")
             per_proj[proj].append(v)
             cost["legal-calibrated"] += C.rel_output_error(W * ma, W, test[key]) / (7 * len(model.model.layers))
             cost["general-calibrated"] += C.rel_output_error(W * mb, W, test[key]) / (7 * len(model.model.layers))
     general = "WikiText-2" if C.assets_dir() else "health text (WikiText-2 absent)"
     lines = [f"  {proj:17} mean IoU over blocks {sum(v) / len(v):.3f}" for proj, v in per_proj.items()]
-    log(f"{desc}: Wanda masks at p={p} calibrated on legal text vs {general} (chance {float(mod.chance_iou(p)):.3f}):\n"
+    log(f"{desc}: Wanda masks at p={p} calibrated on legal text vs {general} (chance {as_number(mod.chance_iou(p), 'chance_iou')[0]:.3f}):\n"
         + "\n".join(lines) + "\n  mean relative output error on held-out legal tokens (one-shot, each layer alone): "
         + ", ".join(f"{k} {v:.4f}" for k, v in cost.items()))
 
@@ -685,10 +782,19 @@ def check_7(mod, log):
         gv = torch.rand(n, generator=g, dtype=F64) * 3 + 0.05
         dB = mod.pbs_diag_solve(U, A, M, gv, s, lam)
         expect_close(dB, pbs_diag_lstsq(U, A, M, gv, s, lam), f"pbs_diag_solve(random {m}×{n}, r={r}, s={s}, λ={lam}) "
-                     "vs the per-row minimiser (lstsq)", rtol=1e-6)
+                     "vs the per-row minimiser (lstsq)", rtol=1e-6, dtype=U.dtype)
         expect_close(dB, xpert.pbs_diag(U, A, M, gv, s, lam, lam_relative=False), "pbs_diag_solve vs xpert.pbs_diag",
                      rtol=1e-6)
-    log("pbs_diag_solve equals the lstsq minimiser of every row's objective (2 random layers) and xpert.pbs_diag")
+    # "no loop over rows": 256 rows, an uneven mask, lines of Python counted
+    m, n, r = 256, 24, 4
+    U, A, M = randn(m, n, g=g), randn(r, n, g=g), uneven_mask(m, n, g)
+    gv = torch.rand(n, generator=g, dtype=F64) * 3 + 0.05
+    dB, lines, codes = mod.traced("pbs_diag_solve", U, A, M, gv, 2.0, 1e-2)
+    expect_no_loop(lines, codes, mod, "pbs_diag_solve", f"a {m}×{n} layer")
+    expect_close(dB, pbs_diag_lstsq(U, A, M, gv, 2.0, 1e-2), f"pbs_diag_solve(random {m}×{n}, uneven rows) vs the "
+                 "per-row minimiser (lstsq)", rtol=1e-6, dtype=U.dtype)
+    log("pbs_diag_solve equals the lstsq minimiser of every row's objective (3 random layers) and xpert.pbs_diag, with "
+        "no loop over rows (256 rows)")
 
     b = real_block(1)
     U = C.weight(b, "mlp.down_proj")
@@ -702,7 +808,7 @@ def check_7(mod, log):
         lam = 1e-8 * s * s * torch.trace(A @ (A * rms[None, :]).T).item() / r
         dB = mod.pbs_diag_solve(U, A, M, rms, s, lam)
         expect_close(dB, pbs_diag_lstsq(U, A, M, rms, s, lam), f"pbs_diag_solve(block {b} down_proj, r={r})", rtol=1e-5,
-                     atol=1e-12)
+                     atol=1e-12, dtype=U.dtype)
         diag = C.rel_output_error((U + s * dB @ A) * M, U, X)
         out = C.rel_output_error((U + s * xpert.pbs_output(U, A, M, H, s) @ A) * M, U, X)
         expect(out < none, f"r={r}: the 'output' reading should beat no PBS on the calibration tokens")
@@ -711,7 +817,187 @@ def check_7(mod, log):
         "tokens after the fold:\n" + "\n".join(lines))
 
 
-CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7}
+# -----------------------------------------------------------------------------
+# Exercise 8 — the consumer table of a GQA block (PAPER.md §4.2)
+
+def consumers(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
+    """{proj: (m, Z)}: Z(y) is what the consumer of the projection's output y (m,) computes, linearised
+    (softmax, SwiGLU's other factor and RMSNorm's 1/rms held fixed), as one flat vector. Loops over heads."""
+    Uq, Uk, Uo = U["self_attn.q_proj"], U["self_attn.k_proj"], U["self_attn.o_proj"]
+    hd = Uq.shape[0] // n_head
+    group = [h * n_kv // n_head for h in range(n_head)]  # KV group of query head h (consecutive heads share one)
+
+    def rows(W, i):  # head / group i's rows
+        return W[i * hd:(i + 1) * hd]
+
+    def logits_of_q(q):  # every head's q·k with k of every input direction e_c: q_h · U_k[rows of g(h)]
+        return torch.cat([rows(q, h) @ rows(Uk, group[h]) for h in range(n_head)])
+
+    def logits_of_k(k):  # every head's q(e_c)·k_{g(h)}
+        return torch.cat([rows(k, group[h]) @ rows(Uq, h) for h in range(n_head)])
+
+    def heads_of_v(v):  # each head's attention output through o_proj, apart (each head mixes v its own way)
+        return torch.cat([Uo[:, h * hd:(h + 1) * hd] @ rows(v, group[h]) for h in range(n_head)])
+
+    def mlp_in(o):  # gate and up read the attention output through post_attention_layernorm's γ
+        return torch.cat([U["mlp.gate_proj"] @ (gamma_mlp * o), U["mlp.up_proj"] @ (gamma_mlp * o)])
+
+    def down(a):  # gate or up output j reaches down_proj column j (SwiGLU's other factor held at 1)
+        return U["mlp.down_proj"] @ a
+
+    def next_in(y):  # the block output, through the next norm's γ, read by the next block (or lm_head)
+        return torch.cat([R @ (gamma_next * y) for R in readers])
+    m = {p: U[p].shape[0] for p in PROJECTIONS}
+    return {"self_attn.q_proj": (m["self_attn.q_proj"], logits_of_q), "self_attn.k_proj": (m["self_attn.k_proj"], logits_of_k),
+            "self_attn.v_proj": (m["self_attn.v_proj"], heads_of_v), "self_attn.o_proj": (m["self_attn.o_proj"], mlp_in),
+            "mlp.gate_proj": (m["mlp.gate_proj"], down), "mlp.up_proj": (m["mlp.up_proj"], down),
+            "mlp.down_proj": (m["mlp.down_proj"], next_in)}
+
+
+def consumer_bruteforce(U, gamma_mlp, gamma_next, readers, n_head, n_kv, g):
+    """{proj: e (m,)}: e_j = ‖Z(y + 1_j) − Z(y)‖² at a random y, output j moved alone (PAPER.md §4.1 per output)."""
+    out = {}
+    for proj, (m, Z) in consumers(U, gamma_mlp, gamma_next, readers, n_head, n_kv).items():
+        y = randn(m, g=g)
+        Z0, e = Z(y), torch.empty(m, dtype=F64)
+        for j in range(m):
+            moved = y.clone()
+            moved[j] += 1.0
+            e[j] = (Z(moved) - Z0).pow(2).sum()
+        out[proj] = e
+    return out
+
+
+def consumer_mistakes(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
+    """{proj: [(value, 'the mistake')]}: the usual slips, so that a FAIL can name them."""
+    Uq, Uk, Uo = U["self_attn.q_proj"], U["self_attn.k_proj"], U["self_attn.o_proj"]
+    hd, rep = Uq.shape[0] // n_head, n_head // n_kv
+    q_rows, k_rows = Uq.pow(2).sum(1).view(n_head, hd), Uk.pow(2).sum(1).view(n_kv, hd)
+    o_cols = Uo.pow(2).sum(0).view(n_head, hd)
+    heads = torch.arange(n_head)
+    of_group = heads.view(n_kv, rep)  # the right heads of every group
+
+    def q_reads(groups):
+        return k_rows[groups].reshape(-1)
+
+    def kv_sum(per_head, idx):
+        return per_head[idx].sum(1).reshape(-1)
+    strided = torch.arange(n_kv)[:, None] + n_kv * torch.arange(rep)[None, :]  # heads g, g + n_kv, ...
+    why_group = ("query head h belongs to KV group h // (n_head/n_kv): consecutive heads share a group, as "
+                 "repeat_kv lays them out")
+    out = {"self_attn.q_proj": [
+        (k_rows.reshape(-1), "one e per KV output, not one per query output: every query head of a group reads "
+         "that group's k, so repeat each group's energies over its n_head/n_kv query heads"),
+        (q_reads(heads % n_kv), f"query head h read with the k of group h % n_kv (tiled, .repeat): {why_group}"),
+        (q_reads((heads // rep + 1) % n_kv), f"the k of the next group: the head index is off by one; {why_group}"),
+        (q_reads((heads // rep - 1) % n_kv), f"the k of the previous group: the head index is off by one; {why_group}"),
+        (q_reads(((heads + 1) // rep) % n_kv), f"group (h + 1) // (n_head/n_kv): the head index is off by one; "
+         f"{why_group}")]}
+    for proj, per_head, what in [("self_attn.k_proj", q_rows, "rows of U_q"), ("self_attn.v_proj", o_cols,
+                                                                               "columns of U_o")]:
+        out[proj] = [
+            (per_head[:n_kv].reshape(-1), f"the {what} of query head g only: KV head g is read by every query "
+             "head of its group; sum over all n_head/n_kv of them (no repeat over the query heads of the group)"),
+            (kv_sum(per_head, of_group[:, :1]), f"the {what} of the first query head of each group only: sum "
+             "over all n_head/n_kv query heads of the group"),
+            (per_head[of_group].mean(1).reshape(-1), f"the mean of the {what} over the group's query heads (the "
+             "authors' RMS, xpert.code_factors): the table sums them"),
+            (kv_sum(per_head, strided), f"the {what} of heads g, g + n_kv, …: {why_group}"),
+            (kv_sum(per_head, (of_group + 1) % n_head), f"the {what} of the group's heads shifted by one: the "
+             f"head index is off by one; {why_group}")]
+    if Uo.shape[0] == Uo.shape[1]:  # a square o_proj: its rows broadcast where its columns belong
+        out["self_attn.v_proj"].append((Uo.pow(2).sum(1).view(n_kv, rep, hd).sum(1).reshape(-1), "the energies of "
+                                        "the ROWS of U_o: output j of v reaches o_proj's COLUMNS h·hd + t"))
+    gu = U["mlp.gate_proj"].pow(2).sum(0) + U["mlp.up_proj"].pow(2).sum(0)
+    out["self_attn.o_proj"] = [(gu, "e without the norm gain γ² of post_attention_layernorm, which scales "
+                                "output j before gate and up read it"),
+                               (gamma_mlp * gu, "γ·(…): the gain multiplies the output, so its square enters")]
+    if U["mlp.gate_proj"].shape[0] == gamma_mlp.shape[0]:  # a square MLP: the rows have the columns' size
+        out["self_attn.o_proj"].append((gamma_mlp.pow(2) * (U["mlp.gate_proj"].pow(2).sum(1)
+                                                             + U["mlp.up_proj"].pow(2).sum(1)),
+                                        "the rows of U_gate, U_up: summing rows instead of columns"))
+    dn = sum(R.pow(2).sum(0) for R in readers)
+    out["mlp.down_proj"] = [(dn, "e without the norm gain γ² of the next norm (the next block's input_layernorm, "
+                             "or the final norm), which scales output j before the readers see it"),
+                            (gamma_next * dn, "γ·(…): the gain multiplies the output, so its square enters"),
+                            (gamma_next.pow(2) * readers[0].pow(2).sum(0), "only the first reader: the next "
+                             "block's q, k AND v all read the block output")]
+    for proj in ("mlp.gate_proj", "mlp.up_proj"):  # expect_close names a mistake only where the shapes agree
+        out[proj] = [(U["mlp.down_proj"].pow(2).sum(1), "the rows of U_down: output j of gate/up reaches "
+                      "down_proj's COLUMN j; summing rows instead of columns")]
+    return out
+
+
+def expect_table(mod, U, gm, gn, readers, n_head, n_kv, what, g):
+    on(f"consumer_table({what})")
+    e = mod.consumer_table(U, gm, gn, readers, n_head, n_kv)
+    expect(isinstance(e, dict), f"consumer_table({what}) should return a dict {{proj: e}}, got {type(e).__name__}")
+    missing = [p for p in PROJECTIONS if p not in e]
+    expect(not missing, f"consumer_table({what}) has no entry for {missing} (keys as in model.PROJECTIONS)")
+    ref = consumer_bruteforce(U, gm, gn, readers, n_head, n_kv, g)  # after the answer ran
+    mistakes = consumer_mistakes(U, gm, gn, readers, n_head, n_kv)
+    for p in PROJECTIONS:
+        expect_close(e[p], ref[p], f"consumer_table({what})[{p!r}] vs the brute-force change of its consumer's "
+                     "output", rtol=1e-9, dtype=F64, mistakes=mistakes[p])
+    return e, ref
+
+
+def random_gqa_block(d, n_head, n_kv, inter, g):
+    hd = d // n_head
+    shapes = {"self_attn.q_proj": (n_head * hd, d), "self_attn.k_proj": (n_kv * hd, d),
+              "self_attn.v_proj": (n_kv * hd, d), "self_attn.o_proj": (d, n_head * hd),
+              "mlp.gate_proj": (inter, d), "mlp.up_proj": (inter, d), "mlp.down_proj": (d, inter)}
+    U = {p: randn(*sh, g=g) * (randn(sh[1], g=g) * 0.5).exp() for p, sh in shapes.items()}  # uneven columns
+    gm, gn = torch.rand(d, generator=g, dtype=F64) * 2 + 0.1, torch.rand(d, generator=g, dtype=F64) * 2 + 0.1
+    readers = [randn(n_head * hd, d, g=g), randn(n_kv * hd, d, g=g), randn(n_kv * hd, d, g=g)]
+    return U, gm, gn, readers
+
+
+def real_table_inputs(model, b):
+    """The arguments of consumer_table for block b of the model: its unmasked weights, its γ's, its readers."""
+    layers = model.model.layers
+    U = {p: C.weight(b, p) for p in PROJECTIONS}
+    gm = layers[b].post_attention_layernorm.weight.detach().double()
+    if b + 1 < len(layers):
+        gn = layers[b + 1].input_layernorm.weight.detach().double()
+        readers = [C.weight(b + 1, p) for p in PROJECTIONS[:3]]
+    else:
+        gn, readers = model.model.norm.weight.detach().double(), [model.lm_head.weight.detach().double()]
+    return U, gm, gn, readers
+
+
+def check_8(mod, log):
+    g = gen(8)
+    layouts = [(12, 6, 3, 10), (12, 6, 2, 14), (16, 4, 4, 12), (8, 4, 1, 8), (12, 6, 3, 12)]  # d, heads, kv, i
+    for d, n_head, n_kv, inter in layouts:  # inter = d last: there a sum over the wrong axis broadcasts silently
+        U, gm, gn, readers = random_gqa_block(d, n_head, n_kv, inter, g)
+        if n_kv == 1:  # as after the last block: one reader (lm_head) through the final norm
+            readers = [randn(20, d, g=g)]
+        expect_table(mod, U, gm, gn, readers, n_head, n_kv, f"random block d={d}, {n_head} query heads, "
+                     f"{n_kv} KV heads, intermediate {inter}", g)
+    log("consumer_table equals the brute-force change of every consumer's output, output by output, on 5 random "
+        "blocks (GQA with 2 and 3 query heads per KV head, MHA, MQA)")
+
+    model, _, desc = C.tiny_model()
+    cfg = model.config
+    lines = []
+    for b in range(len(model.model.layers)):
+        e, _ = expect_table(mod, *real_table_inputs(model, b), cfg.num_attention_heads, cfg.num_key_value_heads,
+                            f"block {b} of {desc}", g)
+        nxt = model.model.layers[b + 1] if b + 1 < len(model.model.layers) else (model.model.norm, model.lm_head)
+        lib = xpert.consumer_energy(model.model.layers[b], nxt, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                    cfg.head_dim)
+        for p in PROJECTIONS:
+            expect_close(e[p], lib[p].detach().double(), f"consumer_table(block {b})[{p!r}] vs xpert.consumer_energy",
+                         rtol=1e-5)
+        if b == real_block(1):
+            lines = [f"  {p:17} e_j from {e[p].min().item():.3g} to {e[p].max().item():.3g} (max/min "
+                     f"{(e[p].max() / e[p].min()).item():.3g}×)" for p in PROJECTIONS]
+    log(f"{desc} ({cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} KV heads): every block's table "
+        f"equals the brute force and xpert.consumer_energy; block {real_block(1)}:\n" + "\n".join(lines))
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7, 8: check_8}
 
 
 # -----------------------------------------------------------------------------
@@ -731,46 +1017,97 @@ def solution_module(n):
     return f"exercises_solutions.{EXERCISES[n]}"
 
 
+def _is_solution(module):
+    name = module if isinstance(module, str) else getattr(module, "__name__", "")
+    return isinstance(name, str) and (name == G.SOLUTIONS or name.startswith(G.SOLUTIONS + "."))
+
+
+def _load(n, module, solutions_allowed):
+    """The module to grade; its top level runs like an answer (library off, no solutions, no exit)."""
+    G.take_hits()
+    with G.answer_running(solutions_allowed):
+        if module is None:
+            return importlib.import_module(f"exercises.{EXERCISES[n]}")
+        if isinstance(module, str) and module.endswith(".py"):
+            return load_file(module, n)
+        if isinstance(module, str):
+            return importlib.import_module(module)
+        return module
+
+
+def _where(e):
+    """file:line of the answer's frame where e was raised (the innermost frame outside the grader)."""
+    tb = traceback.extract_tb(e.__traceback__)
+    if not tb:
+        return "?"
+    frame = next((f for f in reversed(tb) if G.is_answer_file(f.filename)), tb[-1])
+    return f"{os.path.basename(frame.filename)}:{frame.lineno}"
+
+
+def describe_error(e):
+    """What the student is told about an exception that left the answer."""
+    if isinstance(e, SystemExit):
+        how = "os._exit() / os.abort()" if isinstance(e, G._Exit) else "exit() / sys.exit()"
+        return (f"your code called {how} (SystemExit, at {_where(e)}): an answer returns its result; ending the "
+                "program would stop the grader, so it counts as a FAIL")
+    if not isinstance(e, Exception):
+        return (f"your code raised {type(e).__name__} (at {_where(e)}), a BaseException that is not an Exception: "
+                "an answer returns its result")
+    where = f"; on {CASE['now']}" if CASE["now"] else ""
+    return f"your code raised {type(e).__name__}: {e}  (at {_where(e)}{where})"
+
+
 def check(n, module=None, verbose=True):
     """Run the graded checks of exercise n against `module`: a module (or any object with the functions),
     a dotted name, a path to a .py file, or None for the student file exercises/exN_*.py. Prints PASS / FAIL
-    and the reason; returns True when everything passed."""
+    and the reason; returns True when everything passed. Only KeyboardInterrupt (Ctrl-C) gets through."""
     name = EXERCISES[n]
     say = print if verbose else (lambda *a, **k: None)
+    allowed = _is_solution(module)
     try:
-        if module is None:
-            module = importlib.import_module(f"exercises.{name}")
-        elif isinstance(module, str) and module.endswith(".py"):
-            module = load_file(module, n)
-        elif isinstance(module, str):
-            module = importlib.import_module(module)
-    except Exception as e:
-        say(f"exercise {n} ({name}): FAIL — the file does not import: {type(e).__name__}: {e}")
+        module = _load(n, module, allowed)
+        hits = G.take_hits()
+        if hits:
+            raise LibraryCall(G.shortcut_message("the file, when it is imported,", hits[0]))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: B036  (exit() at import is a FAIL too)
+        hits = G.take_hits()
+        if isinstance(e, LibraryCall) or hits:
+            why = str(e) if isinstance(e, LibraryCall) else G.shortcut_message("the file", hits[0])
+        elif isinstance(e, SystemExit):
+            why = (f"it calls exit() / sys.exit() / os._exit() when it is imported (SystemExit, at {_where(e)}): an "
+                   "answer file only defines its functions; ending the program would stop the grader")
+        else:
+            why = f"{type(e).__name__}: {e}"
+        say(f"exercise {n} ({name}): FAIL — the file does not import: {why}")
         return False
     where = getattr(module, "__file__", None) or getattr(module, "__name__", None) or type(module).__name__
     if isinstance(where, str) and os.path.isabs(where):
         where = os.path.relpath(where, C.ROOT) if where.startswith(C.ROOT + os.sep) else where
     say(f"exercise {n} ({name}) — grading {where}")
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
+    on(None)
+    threads, dtype, grad = torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
     # the checks multiply many tiny matrices: one thread is ~1000× faster than a contended thread pool there
     torch.set_num_threads(1)
     try:
-        CHECKS[n](Submission(module), lambda msg: say("  " + msg.replace("\n", "\n  ")))
+        CHECKS[n](Submission(module, allowed), lambda msg: say("  " + msg.replace("\n", "\n  ")))
+    except KeyboardInterrupt:
+        raise
     except NotImplementedError as e:
         say(f"exercise {n}: FAIL — not implemented yet ({e or 'NotImplementedError'})")
         return False
     except Fail as e:
         say(f"exercise {n}: FAIL — {e}")
         return False
-    except Exception as e:  # a bug in the submission: report it, never crash the grader
-        tb = traceback.extract_tb(e.__traceback__)
-        frame = next((f for f in reversed(tb) if "check.py" not in f.filename and "_common.py" not in f.filename), tb[-1])
-        say(f"exercise {n}: FAIL — your code raised {type(e).__name__}: {e}  "
-            f"(at {os.path.basename(frame.filename)}:{frame.lineno})")
+    except BaseException as e:  # noqa: B036  a bug in the submission (or exit()): report it, never crash the grader
+        say(f"exercise {n}: FAIL — {describe_error(e)}")
         return False
     finally:
         torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
     say(f"exercise {n}: PASS")
     return True
 
@@ -808,4 +1145,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # run as a script or with -m this module is __main__: an answer that imports exercises.check must get this
+    # module (whose reference functions are switched off while it runs), not a fresh copy
+    sys.modules.setdefault("exercises.check", sys.modules[__name__])
     sys.exit(main())

@@ -12,7 +12,9 @@ Implement both functions below (float64 tensors in, float64 tensor (m × n) out)
       non-linear consumers, for which no closed form holds: only a true brute force passes.
   foresight_closed_form(X, U, U2): the same matrix for the linear consumer U2 (k × m), without any
       loop, from paper Eq. 2 in PyTorch layout: s[j, c] = U[j, c]² · ‖X_c‖² · e_j. Which norm of U2 is
-      e_j — of a row or of a column?
+      e_j — of a row or of a column? "No loop" is checked: on a 64×96 layer the grader counts the lines
+      of Python your function runs (a loop over weights, rows or columns runs one per step), and a
+      closed form that calls your brute force fails.
 
 Write both yourself: an answer that calls xpert (foresight_scores, consumer_energy, ...) fails.
 

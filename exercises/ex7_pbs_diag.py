@@ -12,8 +12,9 @@ All rows share one r × r Gram matrix, so the whole ΔB comes from one solve:
 
 Implement:
 
-  pbs_diag_solve(U, A, M, g, s, lam) -> ΔB (m × r), same dtype as U. No loop over rows. Write it
-      yourself: an answer that calls xpert.pbs_diag (or pbs_output) fails.
+  pbs_diag_solve(U, A, M, g, s, lam) -> ΔB (m × r), same dtype as U. No loop over rows (checked: on a
+      256-row layer the grader counts the lines of Python your function runs). Write it yourself: an
+      answer that calls xpert.pbs_diag (or pbs_output) fails.
 
 The checker verifies that every row of your ΔB is the minimiser of its own objective (torch.linalg.lstsq
 on the weighted least-squares problem), then folds W ← (U + s·ΔB·A) ⊙ M on a real down_proj at 50%

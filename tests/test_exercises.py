@@ -16,9 +16,9 @@ sys.path.insert(0, ROOT)
 
 from exercises import check as K  # noqa: E402
 from exercises_solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
-                                 ex5_iou as s5, ex6_nm as s6, ex7_pbs_diag as s7)
+                                 ex5_iou as s5, ex6_nm as s6, ex7_pbs_diag as s7, ex8_consumers as s8)
 
-SOLUTIONS = {1: s1, 2: s2, 3: s3, 4: s4, 5: s5, 6: s6, 7: s7}
+SOLUTIONS = {1: s1, 2: s2, 3: s3, 4: s4, 5: s5, 6: s6, 7: s7, 8: s8}
 
 
 def like(solution, **overrides):
@@ -78,25 +78,28 @@ def wrong_3_magnitude(W, X, sparsity):  # forgets the activations: plain |W| per
     return _keep_lowest_k(W.abs(), int(math.floor(sparsity * W.shape[1] + 1e-6)), 1)
 
 
-def wrong_4_scale(U, A, M, H, s, lam):  # s instead of s² on the left-hand side
-    R, r = U * ~M, A.shape[0]
-    dB = torch.zeros(U.shape[0], r, dtype=U.dtype)
-    for i in range(U.shape[0]):
-        K, S = M[i], ~M[i]
-        G = s * A[:, K] @ H[K][:, K] @ A[:, K].T + lam * torch.eye(r, dtype=U.dtype)
-        dB[i] = torch.linalg.solve(G, s * A[:, K] @ H[K][:, S] @ R[i, S])
+def wrong_4_scale(D, A, M, H, s, lam):  # s instead of s² on the left-hand side
+    r = A.shape[0]
+    dB = torch.zeros(D.shape[0], r, dtype=D.dtype)
+    for i in range(D.shape[0]):
+        K = M[i]
+        G = s * A[:, K] @ H[K][:, K] @ A[:, K].T + lam * torch.eye(r, dtype=D.dtype)
+        dB[i] = torch.linalg.solve(G, s * A[:, K] @ H[K] @ D[i])
     return dB
 
 
-def wrong_4_unmasked_A(U, A, M, H, s, lam):  # A H Aᵀ over all columns instead of the kept ones
-    R = U * ~M
-    G = s * s * A @ H @ A.T + lam * torch.eye(A.shape[0], dtype=U.dtype)
-    rhs = s * (R @ H @ A.T)  # (m, r)
+def wrong_4_unmasked_A(D, A, M, H, s, lam):  # A H Aᵀ over all columns instead of the kept ones
+    G = s * s * A @ H @ A.T + lam * torch.eye(A.shape[0], dtype=D.dtype)
+    rhs = s * (D @ H @ A.T)  # (m, r)
     return torch.linalg.solve(G, rhs.T).T
 
 
-def wrong_4_sign(U, A, M, H, s, lam):
-    return -s4.pbs_solve(U, A, M, H, s, lam)
+def wrong_4_sign(D, A, M, H, s, lam):
+    return -s4.pbs_solve(D, A, M, H, s, lam)
+
+
+def wrong_4_change_sign(U, M_old, M_new):  # U ⊙ M_new − U ⊙ M_old
+    return -s4.whole_change(U, M_old, M_new)
 
 
 def wrong_5_kept_iou(a, b):  # IoU of the kept positions
@@ -149,12 +152,15 @@ WRONG = {
         like(s2, groups_where_e_is_inert=lambda: set())],
     3: [like(s3, wanda_mask=wrong_3_energy), like(s3, wanda_mask=wrong_3_per_column),
         like(s3, wanda_mask=wrong_3_magnitude)],
-    4: [like(s4, pbs_solve=wrong_4_scale), like(s4, pbs_solve=wrong_4_unmasked_A), like(s4, pbs_solve=wrong_4_sign)],
+    4: [like(s4, pbs_solve=wrong_4_scale), like(s4, pbs_solve=wrong_4_unmasked_A), like(s4, pbs_solve=wrong_4_sign),
+        like(s4, whole_change=wrong_4_change_sign)],
     5: [like(s5, pruned_iou=wrong_5_kept_iou), like(s5, pruned_iou=wrong_5_empty_zero),
         like(s5, chance_iou=wrong_5_chance_square)],
     6: [like(s6, nm_mask=wrong_6_highest), like(s6, nm_mask=wrong_6_strided), like(s6, nm_mask=wrong_6_keep_n)],
     7: [like(s7, pbs_diag_solve=wrong_7_no_g), like(s7, pbs_diag_solve=wrong_7_sign),
         like(s7, pbs_diag_solve=wrong_7_kept_columns)],
+    8: [like(s8, consumer_table=lambda U, gm, gn, readers, n_head, n_kv: {
+        p: v * 2 for p, v in s8.consumer_table(U, gm, gn, readers, n_head, n_kv).items()})],  # a factor 2 off
 }
 
 
@@ -166,7 +172,7 @@ def test_every_exercise_has_a_student_file_a_solution_and_a_section():
         assert os.path.exists(os.path.join(ROOT, "exercises", name + ".py"))
         assert os.path.exists(os.path.join(ROOT, "exercises_solutions", name + ".py"))
         assert f"exercises/{name}.py" in text and f"python -m exercises.check {n}" in text
-    assert len(K.EXERCISES) >= 6
+    assert len(K.EXERCISES) >= 8
 
 
 def expected_pass_block(n):
