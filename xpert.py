@@ -1,21 +1,25 @@
 """
 EfficientXpert, the method: LoRA fine-tuning of a LLaMA with pruning inside the same run.
 
-Sections follow ../shared/PAPER.md in order and formulas cite it ("PAPER.md §4.2", "paper Eq. 2"); longer
-notes: docs/method_notes.md. Only the method lives here:
+Sections follow docs/paper.md in order and formulas cite it ("§4.2", "paper Eq. 2"); longer notes:
+docs/method_notes.md. Only the method lives here:
 
-    §3  activation capture (forward hooks, block by block)        Capture, sequential_blocks
-    §3  masked LoRA (frozen W, mask M, adapter B·A, fold)          LoRALinear, add_lora, merge_lora
-    §4  ForeSight Mask scores, consumer energies, selection, EMA   foresight_scores, consumer_energy, select_mask
-    §5  Partial Brain Surgeon, both readings, PCA init of A        pbs_output, pbs_diag, pca_A
-    §3  the prune event                                            prune_event
-    §6  one-shot baselines: magnitude, Wanda, SparseGPT           prune_oneshot, sparsegpt_prune
-        sparsity measured from the weights                        sparsity_report
+    §3  activation capture (forward hooks, block by block)      Capture, sequential_blocks
+    §3  masked LoRA (frozen W, mask M, adapter B·A, the fold)   LoRALinear, add_lora, merge_lora
+    §4  ForeSight: consumer energies, Eq. 2, EMA, selection     consumer_energy, foresight_scores,
+                                                                ema, select_mask
+    §5  the update at an event: PBS (two readings), SparseGPT   pbs_output, pbs_diag, UPDATES
+    §3  the prune event and its options                         PruneConfig, prune_event
+    §6  one-shot baselines: magnitude, Wanda, SparseGPT         prune_oneshot, sparsegpt_prune
+        sparsity measured from the weights                      sparsity_report
 
-Layout (PAPER.md §2): y = x Wᵀ with W (m outputs × n inputs); LoRA B (m×r), A (r×n), s = α/r;
-U = W + s·B·A; mask M (True = keep); X (N tokens × n) calibration inputs, ‖X_c‖² column energy, H = XᵀX.
+Layout (§2): y = x Wᵀ with W (m outputs × n inputs); LoRA B (m×r), A (r×n), s = α/r;
+U = W + s·B·A; mask M (True = keep); X (N tokens × n) calibration inputs, ‖X_c‖² column energy,
+H = XᵀX.
 """
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,18 +41,19 @@ def set_sub(module, dotted, new):
 
 
 def layer_name(b, proj):
-    """The name of a projection as in the state dict, without '.weight': model.layers.3.mlp.down_proj."""
+    """A projection's state-dict name without '.weight': model.layers.3.mlp.down_proj."""
     return f"model.layers.{b}.{proj}"
 
 
 def _f32(t):
-    """At least float32 (bf16/fp16 weights are scored and folded in float32; float64 stays float64)."""
+    """At least float32: bf16/fp16 weights are scored and folded in float32, float64 stays."""
     return t if t.dtype == torch.float64 else t.float()
 
 
 def _to_host(t, buf=None):
-    """t in host memory: the EMA state between events (4 B per weight; on the GPU it would cost LoRA's memory
-    twice over at 7B). From CUDA into page-locked memory, `buf` reused: a pageable copy runs at a few GB/s."""
+    """t in host memory: the EMA state between events (4 B a weight; on the GPU it would cost
+    LoRA's memory twice over at 7B). From CUDA into reused page-locked memory: a pageable copy
+    runs at a few GB/s."""
     if t.device.type != "cuda":
         return t.cpu()
     if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or not buf.is_pinned():
@@ -57,38 +62,40 @@ def _to_host(t, buf=None):
 
 
 # -----------------------------------------------------------------------------
-# PAPER.md §3 — activation capture
+# §3 — activation capture
 
-# q/k/v read one tensor and gate/up another: four hooked inputs feed the seven projections (3 fewer Grams).
+# q/k/v read one tensor and gate/up another: four hooked inputs feed the seven projections.
 INPUT_OF = {"self_attn.q_proj": "self_attn.q_proj", "self_attn.k_proj": "self_attn.q_proj",
             "self_attn.v_proj": "self_attn.q_proj", "self_attn.o_proj": "self_attn.o_proj",
-            "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.gate_proj", "mlp.down_proj": "mlp.down_proj"}
+            "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.gate_proj",
+            "mlp.down_proj": "mlp.down_proj"}
 
 
 class InputStats:
-    """Float32 running statistics of the input X (N×n) of one projection over calibration batches."""
+    """Float32 running statistics of the input X (N×n) of one projection over calibration
+    batches."""
 
     def __init__(self, n, gram, device):
         self.n_tokens = 0
-        self.energy = torch.zeros(n, dtype=torch.float32, device=device)  # ‖X_c‖² = Σ_t x_tc²
-        self.gram = torch.zeros(n, n, dtype=torch.float32, device=device) if gram else None  # H = XᵀX
+        self.energy = torch.zeros(n, dtype=torch.float32, device=device)  # (n,) ‖X_c‖²
+        self.gram = torch.zeros(n, n, dtype=torch.float32, device=device) if gram else None
 
     def add(self, x):
         x = x.reshape(-1, x.shape[-1]).float()  # (tokens, n)
         self.n_tokens += x.shape[0]
         self.energy += x.pow(2).sum(0)
         if self.gram is not None:
-            self.gram.addmm_(x.T, x)
+            self.gram.addmm_(x.T, x)  # (n, n) H = XᵀX
 
     @property
     def rms(self):
-        """g_c = RMS activation of column c (PAPER.md §5.2)."""
+        """g_c = RMS activation of column c (§5.2)."""
         return (self.energy / max(self.n_tokens, 1)).sqrt()
 
 
 class Capture:
-    """`with Capture(block, gram=True) as cap: block(x, cos, sin)` hooks the block's projections into
-    cap.stats[proj] (InputStats); the hooks are removed on leaving, also when the forward raised."""
+    """`with Capture(block, gram=True) as cap: block(x, cos, sin)` hooks the block's projections
+    into cap.stats[proj] (InputStats); the hooks go on leaving, also when the forward raised."""
 
     def __init__(self, block, gram=False):
         self.block, self.gram, self.handles, self.stats = block, gram, [], {}
@@ -99,7 +106,8 @@ class Capture:
             for src in dict.fromkeys(INPUT_OF.values()):
                 mod = get_sub(self.block, src)
                 st = by_input[src] = InputStats(mod.weight.shape[1], self.gram, mod.weight.device)
-                self.handles.append(mod.register_forward_hook(lambda m, inp, out, st=st: st.add(inp[0])))
+                hook = (lambda m, inp, out, st=st: st.add(inp[0]))
+                self.handles.append(mod.register_forward_hook(hook))
             self.stats = {name: by_input[src] for name, src in INPUT_OF.items()}
         except BaseException:
             self.__exit__(None, None, None)
@@ -113,71 +121,77 @@ class Capture:
         return False  # never swallow the exception
 
 
-def sequential_blocks(model, calib_ids, batch_size=8, gram=False, progress=False, desc="blocks"):
-    """Yields (b, block, stats) block by block (PAPER.md §3, sequential as in Wanda/SparseGPT): block b+1
-    is captured on what the block b the caller left (pruned) computes (docs/method_notes.md)."""
+def sequential_blocks(model, calib_ids, batch_size=8, gram=False, desc=None):
+    """Yields (b, block, stats) block by block (§3, sequential as in Wanda/SparseGPT): block b+1 is
+    captured on what block b computes once the caller has pruned it (docs/method_notes.md).
+    desc: a progress bar's label (None: no bar)."""
     device = model.lm_head.weight.device
     with torch.no_grad():
         xs = []
         for ids in calib_ids.to(device).split(batch_size):
-            x, cos, sin = model.embed(ids)  # (b, T, d); all batches have the same T: one rotary table
+            x, cos, sin = model.embed(ids)  # (b, T, d); all batches share T: one rotary table
             xs.append(x)
-    for b, block in enumerate(tqdm(model.model.layers, desc=desc, disable=not progress)):
+    for b, block in enumerate(tqdm(model.model.layers, desc=desc, disable=desc is None)):
         with torch.no_grad(), Capture(block, gram) as cap:
             for x in xs:
                 block(x, cos, sin)
         yield b, block, cap.stats
         cap.stats.clear()  # free block b's energies and Grams before block b+1 forms its own
         with torch.no_grad():
-            for i, x in enumerate(xs):  # in place: only one batch's hidden states exist twice at a time
+            for i, x in enumerate(xs):  # in place: one batch's hidden states exist twice at a time
                 xs[i] = block(x, cos, sin)
 
 
 # -----------------------------------------------------------------------------
-# PAPER.md §3 — masked LoRA
+# §3 — masked LoRA
 #
-# Invariant: W ⊙ M = W (the frozen base is zero wherever the mask is 0); every writer of a mask keeps it,
-# so the masked forward computes (W + s·B·A) ⊙ M as W + (s·B·A) ⊙ M. Adapters are float32 (float64 over
-# float64) whatever the base's dtype, as PEFT. Both notes in full: docs/method_notes.md.
+# Invariant: W ⊙ M = W (the frozen base is zero wherever the mask is 0); every writer of a mask
+# keeps it, so the masked forward computes (W + s·B·A) ⊙ M as W + (s·B·A) ⊙ M. Adapters are
+# float32 (float64 over float64) whatever the base's dtype, as PEFT. docs/method_notes.md.
 
 
 class _MaskedLoRAFn(torch.autograd.Function):
-    """y = x·((W + s·B·A) ⊙ M)ᵀ (PAPER.md §3) as ONE matmul, adapter gradients by hand so that no m×n
-    tensor is kept for backward: G = dYᵀ·X, dA = s·Bᵀ·(G ⊙ M), dB = s·(G ⊙ M)·Aᵀ (docs/method_notes.md)."""
+    """y = x·((W + s·B·A) ⊙ M)ᵀ (§3) as ONE matmul, adapter gradients by hand so that no m×n
+    tensor is kept for backward: G = dYᵀ·X, dA = s·Bᵀ·(G ⊙ M), dB = s·(G ⊙ M)·Aᵀ."""
 
     @staticmethod
     def merged(W, A, B, M, s):
         """W + (s·B·A) ⊙ M (m×n), summed in the adapter dtype and rounded once into W's dtype."""
-        U = torch.addmm(W.to(A.dtype), B, A, alpha=s)  # (m, n) W + s·B·A; W ⊙ M = W, so masking U masks s·B·A
+        U = torch.addmm(W.to(A.dtype), B, A, alpha=s)  # (m, n) U; W ⊙ M = W: masking U masks s·B·A
         return U.mul_(M).to(W.dtype)  # (m, n)
 
     @staticmethod
     def forward(ctx, x, W, A, B, M, s):
         ctx.s = s
-        ctx.save_for_backward(x, W, A, B, M)  # x and references to existing tensors: nothing m×n is new
-        return F.linear(x, _MaskedLoRAFn.merged(W, A, B, M, s))  # (..., m); the merged weight dies here
+        ctx.save_for_backward(x, W, A, B, M)  # references to existing tensors: nothing m×n is new
+        return F.linear(x, _MaskedLoRAFn.merged(W, A, B, M, s))  # (..., m); the merged weight dies
 
     @staticmethod
     def backward(ctx, dy):
         (x, W, A, B, M), s = ctx.saved_tensors, ctx.s
-        dx = dy @ _MaskedLoRAFn.merged(W, A, B, M, s) if ctx.needs_input_grad[0] else None  # (..., n); not block 0's q/k/v
-        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])  # (N, m), (N, n)
-        G = (dy2.T @ x2).to(A.dtype).mul_(M)  # (m, n) G ⊙ M: the merged weight's gradient at kept positions
+        dx = None
+        if ctx.needs_input_grad[0]:  # not for block 0's q/k/v, whose input is the frozen embedding
+            dx = dy @ _MaskedLoRAFn.merged(W, A, B, M, s)  # (..., n)
+        # G in the adapter dtype from the start (as PEFT): a bf16 product would carry bf16's 2e-3
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(A.dtype)  # (N, m)
+        x2 = x.reshape(-1, x.shape[-1]).to(A.dtype)  # (N, n)
+        G = (dy2.T @ x2).mul_(M)  # (m, n) G ⊙ M: the merged weight's gradient at kept positions
         return dx, None, s * (B.T @ G), s * (G @ A.T), None, None  # dA (r, n), dB (m, r)
 
 
 class LoRALinear(nn.Module):
-    """Frozen W, mask M and LoRA adapter (B, A) (PAPER.md §2-3): plain LoRA while nothing is pruned, else exactly
-    y = x·((W + s·B·A) ⊙ M)ᵀ (_MaskedLoRAFn, no dropout). Requires W ⊙ M = W (docs/method_notes.md)."""
+    """Frozen W, mask M and LoRA adapter (B, A) (§2-3): plain LoRA while nothing is pruned, else
+    exactly y = x·((W + s·B·A) ⊙ M)ᵀ (_MaskedLoRAFn, no dropout). Requires W ⊙ M = W."""
 
     def __init__(self, base: nn.Linear, rank=8, alpha=16, dropout=0.05, mask=None):
         super().__init__()
         m, n = base.weight.shape
         self.in_features, self.out_features, self.rank = n, m, rank
         self.scale = alpha / rank  # s = α/r
-        self.weight = base.weight.requires_grad_(False)  # same Parameter: the state-dict key stays "...q_proj.weight"
-        dev, dt = self.weight.device, _f32(self.weight).dtype  # adapters: float32 (float64 over float64)
-        mask = torch.ones(m, n, dtype=torch.bool, device=dev) if mask is None else mask.to(dev, torch.bool)
+        self.weight = base.weight.requires_grad_(False)  # same Parameter: the key stays "...weight"
+        dev, dt = self.weight.device, _f32(self.weight).dtype  # adapters: float32 (or float64)
+        mask = torch.ones(m, n, dtype=torch.bool) if mask is None else mask
+        mask = mask.to(dev, torch.bool)
         assert mask.shape == (m, n), f"mask {tuple(mask.shape)} does not match weight {(m, n)}"
         self.register_buffer("mask", mask)
         self.lora_A = nn.Parameter(torch.empty(rank, n, device=dev, dtype=dt))
@@ -187,24 +201,26 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def reset_adapter(self, A=None):
-        """A ← kaiming-uniform (as LoRA/PEFT) or the given A; B ← 0. In place: optimizer references stay valid."""
+        """A ← kaiming-uniform (as LoRA/PEFT) or the given A; B ← 0. In place: the optimizer's
+        references stay valid."""
         if A is None:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         else:
             self.lora_A.copy_(A)
         self.lora_B.zero_()
 
-    def delta(self):
-        """s·B·A (m×n) in the adapter dtype, the adapter's dense update."""
-        return self.scale * (self.lora_B @ self.lora_A)
-
-    def effective_weight(self):
-        """(W + s·B·A) ⊙ M in float32 (float64 over float64): the weight the forward computes and fold() writes."""
+    def U(self):
+        """U = W + s·B·A (§2), unmasked, in float32 (float64 over float64): what ForeSight scores
+        (§4.4 (1)) and what the fold starts from."""
         W, A, B = (_f32(t) for t in (self.weight, self.lora_A, self.lora_B))
-        return (W + self.scale * (B @ A)) * self.mask  # (m, n)
+        return W + self.scale * (B @ A)  # (m, n)
+
+    def merged_weight(self):
+        """(W + s·B·A) ⊙ M in float32: the weight the forward computes and merge_lora writes."""
+        return self.U() * self.mask  # (m, n)
 
     def pruned(self):
-        """Does the mask hold a zero? Cached on the buffer's identity and `_version` (no m×n scan per call)."""
+        """Does the mask hold a zero? Cached on the buffer's identity and `_version`."""
         key = (self.mask.data_ptr(), self.mask._version)
         if getattr(self, "_pruned_key", None) != key:
             self._pruned_key, self._pruned = key, not bool(self.mask.all())
@@ -212,20 +228,28 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         if self.pruned():  # masked LoRA, exact, one matmul, no adapter dropout
-            return _MaskedLoRAFn.apply(x, self.weight, self.lora_A, self.lora_B, self.mask, self.scale)
-        # plain LoRA: base in x's dtype, adapter path in the adapter dtype, summed in place into the base output
+            A, B = self.lora_A, self.lora_B
+            return _MaskedLoRAFn.apply(x, self.weight, A, B, self.mask, self.scale)
+        # plain LoRA: base in x's dtype, the adapter path in the adapter dtype, summed in place
         xa = self.dropout(x.to(self.lora_A.dtype))  # (..., n)
-        return F.linear(x, self.weight).add_(F.linear(F.linear(xa, self.lora_A), self.lora_B), alpha=self.scale)
+        lora = F.linear(F.linear(xa, self.lora_A), self.lora_B)  # (..., m)
+        return F.linear(x, self.weight).add_(lora, alpha=self.scale)
 
     @torch.no_grad()
-    def fold(self):
-        """W ← (W + s·B·A) ⊙ M (in float32, rounded once); A re-initialised; B = 0 (PAPER.md §3). Idempotent."""
-        self.weight.copy_(self.effective_weight().to(self.weight.dtype))
-        self.reset_adapter()
+    def fold(self, U=None, keep=None, A=None):
+        """The fold (§3): W ← U ⊙ M (float32, rounded once), M ← keep, then A ← A (or kaiming)
+        and B ← 0. Defaults U = W + s·B·A and the current mask; a prune event passes the updated
+        U + ΔU and its new mask. Idempotent on the weights."""
+        U = self.U() if U is None else U
+        keep = self.mask if keep is None else keep
+        self.weight.copy_((U * keep).to(self.weight.dtype))
+        self.mask.copy_(keep)
+        self.reset_adapter(A)
 
     def extra_repr(self):
+        dt = str(self.lora_A.dtype).replace("torch.", "")
         return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, s={self.scale:g}, "
-                f"adapter={str(self.lora_A.dtype).replace('torch.', '')}, kept={self.mask.float().mean().item():.3f}")
+                f"adapter={dt}, kept={self.mask.float().mean().item():.3f}")
 
 
 def lora_layers(model):
@@ -238,8 +262,8 @@ def lora_layers(model):
 
 
 def add_lora(model, rank=8, alpha=16, dropout=0.05, masks=None):
-    """Wrap the seven projections of every block in LoRALinear (in place; returns model); all else is frozen.
-    masks: optional {layer_name: bool (m×n)}, e.g. Wanda's for Wanda→LoRA (PAPER.md §6); W ⊙ M = W required."""
+    """Wrap the seven projections of every block in LoRALinear (in place; returns model); all
+    else is frozen. masks: {layer_name: bool (m×n)}, e.g. Wanda's for Wanda→LoRA (§6)."""
     model.requires_grad_(False)
     for b, block in enumerate(model.model.layers):
         for proj in PROJECTIONS:
@@ -251,13 +275,15 @@ def add_lora(model, rank=8, alpha=16, dropout=0.05, masks=None):
 
 
 def lora_parameters(model):
-    """The adapter parameters (A and B of every LoRALinear), marked trainable: what the optimizer gets."""
-    return [p.requires_grad_(True) for _, mod in lora_layers(model) for p in (mod.lora_A, mod.lora_B)]
+    """The adapter parameters (A and B of every LoRALinear), marked trainable."""
+    mods = [mod for _, mod in lora_layers(model)]
+    return [p.requires_grad_(True) for mod in mods for p in (mod.lora_A, mod.lora_B)]
 
 
 @torch.no_grad()
 def merge_lora(model):
-    """Fold every adapter and put plain nn.Linear back (same frozen weight Parameter); sparsity stays exact."""
+    """Fold every adapter and put plain nn.Linear back (the same weight Parameter); the sparsity
+    stays exact."""
     for name, mod in lora_layers(model):
         mod.fold()
         lin = nn.Linear(mod.in_features, mod.out_features, bias=False, device="meta")
@@ -267,268 +293,352 @@ def merge_lora(model):
 
 
 def effective_weight(mod):
-    """Float32 effective weight of a projection: (W + s·B·A) ⊙ M for LoRALinear, W for nn.Linear."""
-    return mod.effective_weight() if isinstance(mod, LoRALinear) else _f32(mod.weight)
+    """A projection's unmasked effective weight in float32: U = W + s·B·A for a LoRALinear, W
+    for a plain nn.Linear (a consumer's weight in §4.2)."""
+    return mod.U() if isinstance(mod, LoRALinear) else _f32(mod.weight)
 
 
 # -----------------------------------------------------------------------------
-# PAPER.md §4 — ForeSight Mask
-
-FORESIGHT = ("eq2", "code")  # the literal paper Eq. 2 (§4) / the authors' per-module factors (§4.4 (a))
-
+# §4 — ForeSight Mask
 
 def foresight_scores(U, col_energy, e):
-    """Paper Eq. 2 in PyTorch layout (PAPER.md §4): s[j, c] = U[j, c]² · ‖X_c‖² · e_j, with U (m×n), col_energy
-    (n,), e (m,) the consumers' energy of output j, or a squared factor (m, n) / (1, n) (docs/method_notes.md)."""
+    """Paper Eq. 2 in PyTorch layout (§4): s[j, c] = U[j, c]² · ‖X_c‖² · e_j, with U (m×n),
+    col_energy (n,) and e (m,) the consumers' energy of output j, or a squared factor (m, n) /
+    (1, n) of the §4.4 (a) reading."""
     return U.pow(2) * col_energy[None, :] * (e[:, None] if e.dim() == 1 else e)
 
 
-def consumer_energy(block, nxt, n_head, n_kv, head_dim, foresight="eq2"):
-    """{proj: e_j (m,) float32} of `block`'s seven projections (PAPER.md §4.2 table, GQA; our reading,
-    docs/method_notes.md) on effective weights; nxt: the next Block, or (final_norm, lm_head). foresight="code": code_factors."""
-    U = {p.split(".")[-1]: effective_weight(get_sub(block, p)) for p in PROJECTIONS}
-    if foresight == "code":
-        return code_factors(U, n_head, n_kv, head_dim)
-    rep = n_head // n_kv  # query heads per KV group; KV head g serves heads g*rep ... g*rep+rep-1
+def _block_U(block):
+    """{short projection name: U (m, n)} of a block's seven projections (§4.4 (1): unmasked)."""
+    return {p.split(".")[-1]: effective_weight(get_sub(block, p)) for p in PROJECTIONS}
+
+
+def consumer_energy(block, nxt, n_head, n_kv, head_dim):
+    """{proj: e_j (m,) float32} of `block`'s seven projections: the §4.2 table with GQA, every
+    consumer read through its unmasked U, as the scored layer (docs/paper.md §4.4 (1)).
+    nxt: the next Block, or (final_norm, lm_head) after the last one."""
+    U = _block_U(block)
+    rep = n_head // n_kv  # query heads per KV group; KV head g serves heads g·rep ... g·rep+rep-1
     q_rows = U["q_proj"].pow(2).sum(1).view(n_head, head_dim)  # ‖U_q[h·hd+d, :]‖²
     k_rows = U["k_proj"].pow(2).sum(1).view(n_kv, head_dim)  # ‖U_k[g·hd+d, :]‖²
     o_cols = U["o_proj"].pow(2).sum(0).view(n_head, head_dim)  # ‖U_o[:, h·hd+d]‖²
-    e = {"self_attn.q_proj": k_rows.repeat_interleave(rep, 0).reshape(-1),  # k of the same group, same dim
-         "self_attn.k_proj": q_rows.view(n_kv, rep, head_dim).sum(1).reshape(-1),  # Σ over q heads in g
-         "self_attn.v_proj": o_cols.view(n_kv, rep, head_dim).sum(1).reshape(-1),  # o columns of heads in g
-         "self_attn.o_proj": _f32(block.post_attention_layernorm.weight).pow(2)
-         * (U["gate_proj"].pow(2).sum(0) + U["up_proj"].pow(2).sum(0))}
+    gamma2 = _f32(block.post_attention_layernorm.weight).pow(2)
+    e = {"self_attn.q_proj": k_rows.repeat_interleave(rep, 0).reshape(-1),  # k of the same group
+         "self_attn.k_proj": q_rows.view(n_kv, rep, head_dim).sum(1).reshape(-1),  # Σ q heads in g
+         "self_attn.v_proj": o_cols.view(n_kv, rep, head_dim).sum(1).reshape(-1),  # o of heads in g
+         "self_attn.o_proj": gamma2 * (U["gate_proj"].pow(2).sum(0) + U["up_proj"].pow(2).sum(0))}
     e["mlp.gate_proj"] = e["mlp.up_proj"] = U["down_proj"].pow(2).sum(0)  # down_proj column j
     if isinstance(nxt, (tuple, list)):  # last block: final norm, then lm_head
         gamma, readers = nxt[0].weight, [_f32(nxt[1].weight)]
     else:  # the next block's q/k/v, through its input_layernorm
-        gamma, readers = nxt.input_layernorm.weight, [effective_weight(get_sub(nxt, p)) for p in PROJECTIONS[:3]]
+        gamma = nxt.input_layernorm.weight
+        readers = [effective_weight(get_sub(nxt, p)) for p in PROJECTIONS[:3]]
     e["mlp.down_proj"] = _f32(gamma).pow(2) * sum(Wc.pow(2).sum(0) for Wc in readers)
     return e
 
 
-def code_factors(U, n_head, n_kv, head_dim):
-    """The authors' per-module propagation factors (PAPER.md §4.4 (a) table), *squared* (docs/method_notes.md).
-    U: {short proj name: effective weight}. Returns {proj: factor²}, each (m,), (m, n) or (1, n)."""
-    rep = n_head // n_kv
-    n = U["q_proj"].shape[1]
-    q_cols = U["q_proj"].pow(2).view(n_head, head_dim, n).sum(1)  # (n_head, n) ‖U_q[rows of head h, c]‖²
-    k_cols = U["k_proj"].pow(2).view(n_kv, head_dim, n).sum(1)  # (n_kv, n) ‖U_k[rows of group g, c]‖²
-    o_cols = U["o_proj"].pow(2).sum(0).view(n_kv, rep, head_dim)  # ‖U_o[:, h·hd+d]‖², heads by group
-    f = {"self_attn.q_proj": k_cols.repeat_interleave(rep * head_dim, 0),  # (m_q, n): K of head h's group
-         "self_attn.k_proj": q_cols.view(n_kv, rep, n).mean(1).repeat_interleave(head_dim, 0),  # RMS² over h∈g
-         "self_attn.v_proj": o_cols.mean(1).reshape(-1),  # (m_v,) RMS² over h∈g of o's column norms
-         "self_attn.o_proj": (0.5 * (U["gate_proj"].pow(2).sum(0).sqrt() + U["up_proj"].pow(2).sum(0).sqrt())).pow(2)}
-    f["mlp.gate_proj"] = f["mlp.up_proj"] = U["down_proj"].pow(2).sum(1)[None, :]  # (1, n): row c of down_proj
-    f["mlp.down_proj"] = torch.ones(U["down_proj"].shape[0], device=U["down_proj"].device)  # plain Wanda²
+def code_factors(block, nxt, n_head, n_kv, head_dim):
+    """The authors' per-module propagation factors (§4.4 (a) table), *squared* so that they
+    multiply Eq. 2's squared terms. Returns {proj: factor²}, each (m,), (m, n) or (1, n); nxt is
+    unused (their factors stay inside the block)."""
+    U = _block_U(block)
+    rep, n = n_head // n_kv, U["q_proj"].shape[1]
+    q_cols = U["q_proj"].pow(2).view(n_head, head_dim, n).sum(1)  # (n_head, n) per head, column c
+    k_cols = U["k_proj"].pow(2).view(n_kv, head_dim, n).sum(1)  # (n_kv, n) per group, column c
+    o_cols = U["o_proj"].pow(2).sum(0).view(n_kv, rep, head_dim)  # ‖U_o[:, h·hd+d]‖² by group
+    gate, up = U["gate_proj"].pow(2).sum(0).sqrt(), U["up_proj"].pow(2).sum(0).sqrt()  # (n_o,)
+    f = {"self_attn.q_proj": k_cols.repeat_interleave(rep * head_dim, 0),  # (m_q, n) K of h's group
+         "self_attn.k_proj": q_cols.view(n_kv, rep, n).mean(1).repeat_interleave(head_dim, 0),
+         "self_attn.v_proj": o_cols.mean(1).reshape(-1),  # (m_v,) RMS² over h∈g of o's columns
+         "self_attn.o_proj": (0.5 * (gate + up)).pow(2)}
+    f["mlp.gate_proj"] = f["mlp.up_proj"] = U["down_proj"].pow(2).sum(1)[None, :]  # row c of down
+    f["mlp.down_proj"] = torch.ones(U["down_proj"].shape[0], device=U["down_proj"].device)  # Wanda²
     return f
 
 
+FORESIGHT = {"eq2": consumer_energy, "code": code_factors}  # the literal Eq. 2 / §4.4 (a)
+
+
+def ema(s_k, prev, eta):
+    """§4.3: score_k = η·s_k + (1−η)·score_{k−1}; the first event (prev None) uses s_1 alone."""
+    return s_k if prev is None else eta * s_k + (1 - eta) * prev.to(s_k.device)
+
+
 def n_pruned(size, p):
-    """How many of `size` weights are pruned at sparsity p: floor(p·size) (1e-6: 0.7·90 = 62.99999999999999)."""
+    """How many of `size` weights sparsity p prunes: floor(p·size) (the 1e-6: 0.7·90 is
+    62.99999999999999 in floating point)."""
     return int(math.floor(p * size + 1e-6))
 
 
 def _prune_groups(scores, total):
-    """Keep-mask for scores (G, S) pruning exactly `total` weights as evenly as possible over the G groups:
-    each loses floor(total/G) lowest, the remainder one each where the next-lowest is smallest (docs/method_notes.md)."""
+    """Keep-mask for scores (G, S) pruning exactly `total` weights as evenly as possible over
+    the G groups: each loses floor(total/G) lowest, the remainder one each where the next-lowest
+    is smallest."""
     G, S = scores.shape
     k, extra = divmod(total, G)
-    low = scores.topk(min(k + 1, S), dim=1, largest=False)  # (G, k+1) lowest scores per group, ascending
+    low = scores.topk(min(k + 1, S), dim=1, largest=False)  # (G, k+1) lowest per group, ascending
     keep = torch.ones(G, S, dtype=torch.bool, device=scores.device)
     keep.scatter_(1, low.indices[:, :k], False)
     if extra:
-        rows = low.values[:, k].topk(extra, largest=False).indices  # (extra,) groups that lose one more
+        rows = low.values[:, k].topk(extra, largest=False).indices  # (extra,) lose one more
         keep[rows, low.indices[rows, k]] = False
     return keep
 
 
 def _prune_bounded(scores, total, sparsity, delta):
-    """Keep-mask for scores (G, S) pruning exactly `total` weights at the least total score, each group's count in
-    [floor((p−δ)·S), ceil((p+δ)·S)] (PAPER.md §4.4 (b)); the greedy is optimal (docs/method_notes.md)."""
+    """Keep-mask for scores (G, S) pruning exactly `total` weights at the least total score,
+    each group's count in [floor((p−δ)·S), ceil((p+δ)·S)] (§4.4 (b)); the greedy is optimal."""
     G, S = scores.shape
-    lo = max(0, math.floor((sparsity - delta) * S + 1e-6))  # the 1e-6: float guards as in n_pruned
+    lo = max(0, math.floor((sparsity - delta) * S + 1e-6))  # the 1e-6: float guards as n_pruned
     hi = min(S, math.ceil((sparsity + delta) * S - 1e-6))
-    lo, hi = min(lo, total // G), max(hi, -(-total // G))  # the even share always fits: total is feasible
+    lo, hi = min(lo, total // G), max(hi, -(-total // G))  # the even share always fits
     order = scores.argsort(dim=1)  # (G, S) each group's scores, ascending
     keep = torch.ones(G, S, dtype=torch.bool, device=scores.device)
     keep.scatter_(1, order[:, :lo], False)
     extra = total - G * lo
     if extra:
-        cand = scores.gather(1, order[:, lo:hi])  # (G, hi−lo) the scores a group may still lose, ascending
-        pick = cand.reshape(-1).topk(extra, largest=False).indices  # the globally lowest of them
+        cand = scores.gather(1, order[:, lo:hi])  # (G, hi−lo) what a group may still lose
+        pick = cand.reshape(-1).topk(extra, largest=False).indices  # the globally lowest
         rows = pick // (hi - lo)
         keep[rows, order[rows, lo + pick % (hi - lo)]] = False
     return keep
 
 
+def _prune_nm(scores, nm):
+    """Keep-mask pruning the N lowest of every M consecutive inputs of a row (nm = (N, M))."""
+    (m, n), (N, M) = scores.shape, nm
+    s = scores.reshape(m, n // M, M)  # (m, n/M, M)
+    low = s.topk(N, dim=-1, largest=False).indices
+    return torch.ones_like(s, dtype=torch.bool).scatter_(-1, low, False).reshape(m, n)
+
+
+GROUPS = ("out", "in", "layer")  # §4.3: per output row (Wanda's), per input column, whole matrix
+
+
 def select_mask(scores, sparsity, group="out", nm=None, delta=0.0):
-    """Keep-mask (bool, True = keep) pruning the lowest scores (PAPER.md §4.3), exactly floor(p·m·n) of them,
-    per group 'out' (rows, Wanda's), 'in' (columns) or 'layer'; delta > 0 lets groups range over [p−δ, p+δ]
-    (PAPER.md §4.4 (b)); nm=(N, M) prunes N of every M consecutive inputs instead (docs/method_notes.md)."""
-    if not 0.0 <= delta <= 1.0:  # also refuses nan
-        raise ValueError(f"delta must be in [0, 1], not {delta}")
-    m, n = scores.shape
+    """Keep-mask (True = keep) pruning the lowest scores (§4.3): exactly floor(p·m·n) of them,
+    per group (GROUPS); delta > 0 lets rows or columns range over [p−δ, p+δ] (§4.4 (b)); nm=(N, M)
+    prunes N of every M consecutive inputs instead. Options are checked by PruneConfig."""
     if nm is not None:
-        N, M = nm
-        assert n % M == 0, f"N:M needs the input size {n} to be a multiple of M={M}"
-        s = scores.reshape(m, n // M, M)
-        return torch.ones_like(s, dtype=torch.bool).scatter_(-1, s.topk(N, dim=-1, largest=False).indices, False).reshape(m, n)
-    total = n_pruned(m * n, sparsity)
-    groups = lambda S: _prune_bounded(S, total, sparsity, delta) if delta > 0 else _prune_groups(S, total)  # noqa: E731
-    if group == "out":
-        return groups(scores)
-    if group == "in":
-        return groups(scores.t()).t()
+        return _prune_nm(scores, nm)
+    total = n_pruned(scores.numel(), sparsity)
     if group == "layer":
-        return _prune_groups(scores.reshape(1, -1), total).reshape(m, n)
-    raise ValueError(f"group must be 'out', 'in' or 'layer', not {group!r}")
+        return _prune_groups(scores.reshape(1, -1), total).reshape(scores.shape)
+    S = scores if group == "out" else scores.t()  # groups are the rows of S
+    keep = _prune_bounded(S, total, sparsity, delta) if delta > 0 else _prune_groups(S, total)
+    return keep if group == "out" else keep.t()
 
 
 # -----------------------------------------------------------------------------
-# PAPER.md §5 — Partial Brain Surgeon
+# §5 — the update at a prune event: Partial Brain Surgeon, and the rules an event can apply
 #
-# λ (paper: 1e-8); lam_relative=True (default) scales it by the mean diagonal of each r×r system's Gram, so
-# the solution does not depend on the scale of X and singular rows still solve (docs/method_notes.md).
+# λ (paper: 1e-8); lam_relative=True (default) scales it by the mean diagonal of each r×r
+# system's Gram, so the solution does not depend on the scale of X and singular rows still solve.
+
+PBS_CHUNK = 1 << 23  # pbs_output's rows per chunk: ~32 MB per (rows, r, n) float32 tensor
+
 
 def _ridge(G, lam, relative):
     """G (…, r, r) float64 + λ_eff·I."""
     r = G.shape[-1]
-    lam_eff = lam * G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30) if relative \
-        else torch.full(G.shape[:-2], float(lam), dtype=G.dtype, device=G.device)
+    if relative:
+        lam_eff = lam * G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)  # (…,)
+    else:
+        lam_eff = torch.full(G.shape[:-2], float(lam), dtype=G.dtype, device=G.device)
     return G + lam_eff[..., None, None] * torch.eye(r, dtype=G.dtype, device=G.device)
 
 
-def pbs_output(U, A, M, H, s, lam=1e-8, lam_relative=True, chunk=None):
-    """PBS, our reading (PAPER.md §5.1): ΔB (m×r) minimising ‖(s·(ΔB A) ⊙ M − R) Xᵀ‖²_F + λ‖ΔB‖²_F, R = U ⊙ (1−M),
-    one r×r system per row, in chunks of rows (docs/method_notes.md). The caller folds W ← (U + s·ΔB·A) ⊙ M."""
-    (m, n), r = U.shape, A.shape[0]
-    R = U * ~M
-    dB = torch.zeros(m, r, dtype=torch.float64, device=U.device)
-    chunk = chunk or max(1, (1 << 23) // (r * n))  # rows per chunk: ~32 MB per (c, r, n) float32 tensor
+def pbs_output(D, A, M, H, s, lam=1e-8, lam_relative=True):
+    """PBS, our reading (§5.1): ΔB (m×r) minimising ‖(s·(ΔB A) ⊙ M − D) Xᵀ‖²_F + λ‖ΔB‖²_F with
+    D the change the fold makes (whole_change; R = U ⊙ (1−M) at a first event); one r×r system
+    per row: (s²·A_K H_KK A_Kᵀ + λI) δ_iᵀ = s·A_K (H D_iᵀ)_K, in chunks of rows."""
+    (m, n), r = D.shape, A.shape[0]
+    dB = torch.zeros(m, r, dtype=torch.float64, device=D.device)
+    chunk = max(1, PBS_CHUNK // (r * n))
     for i0 in range(0, m, chunk):
         i1 = min(i0 + chunk, m)
         AM = A[None] * M[i0:i1, None, :]  # (c, r, n): A with row i's pruned columns zeroed
         AMH = AM @ H  # (c, r, n)
         G = (s * s) * (AMH @ AM.transpose(1, 2))  # (c, r, r)
-        rhs = s * (AMH @ R[i0:i1, :, None])  # (c, r, 1)
-        dB[i0:i1] = torch.linalg.solve(_ridge(G.double(), lam, lam_relative), rhs.double()).squeeze(-1)
-    return dB.to(U.dtype)
+        rhs = s * (AMH @ D[i0:i1, :, None])  # (c, r, 1)
+        dB[i0:i1] = torch.linalg.solve(_ridge(G.double(), lam, lam_relative), rhs.double())[..., 0]
+    return dB.to(D.dtype)
 
 
-def pbs_diag(U, A, M, g, s, lam=1e-8, lam_relative=True):
-    """PBS as in the authors' code (PAPER.md §5.2), κ = 1: per row min_δ Σ_c g_c (ũ_ic + s·δ·a_c)² + λ‖δ‖²,
-    Ũ = U ⊙ (1−M), g_c = RMS activation; one shared Gram: ΔB = −s·(Ũ D Aᵀ)(s²·A D Aᵀ + λI)⁻¹, D = diag(g)."""
-    Ut = U * ~M
-    AD = A * g[None, :]  # (r, n) = A D
+def pbs_diag(D, A, g, s, lam=1e-8, lam_relative=True):
+    """PBS as in the authors' code (§5.2), κ = 1: per row min_δ Σ_c g_c (d_ic + s·δ·a_c)² + λ‖δ‖²,
+    g_c = RMS activation, D as in pbs_output (Ũ = U ⊙ (1−M) at a first event); one shared Gram:
+    ΔB = −s·(D·diag(g)·Aᵀ)(s²·A·diag(g)·Aᵀ + λI)⁻¹."""
+    AD = A * g[None, :]  # (r, n) A·diag(g)
     G = (s * s) * (AD @ A.T)  # (r, r)
-    rhs = -s * (Ut @ AD.T)  # (m, r)
-    dB = torch.linalg.solve(_ridge(G.double(), lam, lam_relative), rhs.double().T).T  # G is symmetric
-    return dB.to(U.dtype)
+    rhs = -s * (D @ AD.T)  # (m, r)
+    dB = torch.linalg.solve(_ridge(G.double(), lam, lam_relative), rhs.double().T).T  # G symmetric
+    return dB.to(D.dtype)
 
 
 def pca_A(H, r):
-    """PAPER.md §5.3 extension (a_init="pca"): A = top-r eigenvectors of H = XᵀX, rows scaled to kaiming's 1/√3."""
+    """§5.3 extension (a_init="pca"): A = the top-r eigenvectors of H = XᵀX, rows scaled to
+    kaiming-uniform's expected norm 1/√3."""
     _, vecs = torch.linalg.eigh(H.double())  # ascending eigenvalues
     return (vecs[:, -r:].flip(-1).T / math.sqrt(3)).to(H.dtype)  # (r, n), largest first
 
 
+class MaskChange(NamedTuple):
+    """One matrix at a prune event: U = W + s·B·A (m×n), the mask the network computes with now
+    (old) and the new one."""
+    U: torch.Tensor
+    old: torch.Tensor
+    new: torch.Tensor
+
+    def whole_change(self):
+        """D = U ⊙ M_old − U ⊙ M_new = R − Rev (docs/paper.md §5.1 "Later events"): what folding
+        with the new mask changes in the computed weight, the pruned weights (R) and the revived
+        ones (Rev, which re-enter at their U)."""
+        return self.U * self.old - self.U * self.new  # (m, n)
+
+
+# An update rule gives ΔU (m×n): the event folds W ← (U + ΔU) ⊙ M_new. Every rule starts from the
+# unmasked U, so a revived weight keeps its value, and compensates the whole change D.
+
+def update_output(ch, A, stats, s, lam):
+    """§5.1: ΔU = s·ΔB·A, ΔB from pbs_output on the layer's Gram."""
+    return s * (pbs_output(ch.whole_change(), A, ch.new, stats.gram.to(A.dtype), s, lam) @ A)
+
+
+def update_diag(ch, A, stats, s, lam):
+    """§5.2: ΔU = s·ΔB·A, ΔB from pbs_diag on the RMS activations."""
+    return s * (pbs_diag(ch.whole_change(), A, stats.rms.to(A.dtype), s, lam) @ A)
+
+
+def update_sparsegpt(ch, A, stats, s, lam):
+    """A measured variant (docs/paper.md §5.1): SparseGPT's full OBS update of the kept weights on
+    the new mask, from what the network computes now (U ⊙ M_old), a revived weight entering at
+    its U plus its update; A, s and λ are unused."""
+    revived = ch.U * (ch.new & ~ch.old)  # (m, n) Rev
+    W_new, _ = sparsegpt_prune(ch.U * ch.old, stats.gram, None, keep=ch.new, add=revived)
+    return W_new - ch.U
+
+
+UPDATES = {"output": update_output, "diag": update_diag, "sparsegpt": update_sparsegpt,
+           "none": None}
+NEEDS_GRAM = ("output", "sparsegpt")  # the rules that read H = XᵀX (the others: ‖X_c‖² alone)
+
+
 # -----------------------------------------------------------------------------
-# PAPER.md §3 — the prune event
+# §3 — the prune event
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """The options of a prune event, with the paper's defaults (§3-5), checked once, here."""
+    sparsity: float = 0.4  # p: the fraction of zeros in every adapted matrix
+    group: str = "out"  # §4.3 selection group (GROUPS)
+    nm: tuple = None  # (N, M): N of every M consecutive inputs pruned (then sparsity = N/M)
+    delta: float = 0.0  # §4.4 (b): a group's pruned fraction may range over [p−δ, p+δ]
+    foresight: str = "eq2"  # §4 reading (FORESIGHT): the literal Eq. 2, or the authors' code
+    update: str = "output"  # §5 rule at the events before the last (UPDATES)
+    ema: float = 0.5  # §4.3 η
+    lam: float = 1e-8  # §5 PBS ridge λ, relative to each system's scale
+    a_init: str = "adapter"  # §5.3: the A of the update and of the new adapter: trained, or pca
+    batch_size: int = 8  # calibration sequences per forward
+
+    def __post_init__(self):
+        def check(name, ok, what):  # ValueError(field, message): train.py names the flag
+            if not ok:
+                raise ValueError(name, f"must be {what}, got {getattr(self, name)!r}")
+        check("sparsity", 0.0 <= self.sparsity < 1.0, "in [0, 1)")  # comparisons with nan fail
+        check("group", self.group in GROUPS, f"one of {', '.join(GROUPS)}")
+        check("nm", self.nm is None or 0 < self.nm[0] < self.nm[1], "N:M with 0 < N < M")
+        check("delta", 0.0 <= self.delta <= 1.0, "in [0, 1]")
+        check("foresight", self.foresight in FORESIGHT, f"one of {', '.join(FORESIGHT)}")
+        check("update", self.update in UPDATES, f"one of {', '.join(UPDATES)}")
+        check("ema", 0.0 < self.ema <= 1.0, "in (0, 1]")
+        check("lam", 0.0 <= self.lam < math.inf, "at least 0")
+        check("a_init", self.a_init in ("adapter", "pca"), "adapter or pca")
+        check("batch_size", self.batch_size >= 1, "at least 1")
+        if self.nm is not None:
+            check("sparsity", self.sparsity == self.nm[0] / self.nm[1], "N/M with nm")
+
+
+def _next_reader(model, b):
+    """What reads block b's output (§4.2): block b+1, or the final norm and lm_head."""
+    layers = model.model.layers
+    return layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
+
 
 @torch.no_grad()
-def prune_event(model, calib_ids, sparsity, group="out", nm=None, pbs="output", ema=0.5, state=None, lam=1e-8,
-                final=False, pbs_final=False, a_init=None, foresight="eq2", delta=0.0, batch_size=8, progress=True):
-    """One prune event (PAPER.md §3), block by block: capture → ForeSight scores on U = W + s·B·A → EMA
-    score_k = η·s_k + (1−η)·score_{k−1} → mask → PBS ΔB → fold W ← (U + s·ΔB·A) ⊙ M → reset the adapter
-    (docs/method_notes.md: revival). final=True: no PBS (unless pbs_final), exactly p-sparse.
-    calib_ids (N, T); group/nm/delta: select_mask; foresight: 'eq2' (Eq. 2) or 'code' (§4.4 (a)); pbs: 'output'
-    (§5.1), 'diag' (§5.2), None, or 'sparsegpt': the kept weights take SparseGPT's full OBS update for the pruned
-    ones on ForeSight's mask, not PBS's rank-r one (a variant, issue 12); lam: PBS ridge. state: the last event's ({'scores': {layer_name: float32 host tensor},
-    'events': k}); returns the new one, with 'changed' ({layer_name: mask entries flipped}) and 'changed_total'."""
-    assert pbs in (None, "output", "diag", "sparsegpt"), "pbs must be 'output', 'diag', 'sparsegpt' or None"
-    assert a_init in (None, "pca"), "a_init must be None or 'pca'"
-    assert foresight in FORESIGHT, f"foresight must be one of {FORESIGHT}"
-    use_pbs = pbs if (not final or pbs_final) else None
-    obs = use_pbs == "sparsegpt"
-    state = {"scores": {}, "events": 0} if state is None else state
-    state["changed"] = {}
-    cfg, layers = model.config, model.model.layers
+def prune_event(model, calib_ids, cfg, state=None, final=False, progress=True):
+    """One prune event (§3), block by block: capture → e_j → U → Eq. 2 → EMA → mask → update →
+    fold. calib_ids (N, T); cfg: PruneConfig; state: the last event's {'scores': {name: float32
+    host tensor}, 'events': k} or None. final: no update (§3), exact zeros go first, so the model
+    is exactly p-sparse. Returns the new state, with 'changed': {name: mask entries flipped}."""
+    state = state or {"scores": {}, "events": 0}
+    update = None if final else UPDATES[cfg.update]
+    gram = update is not None and cfg.update in NEEDS_GRAM or cfg.a_init == "pca"
+    mc, scores, changed = model.config, state["scores"], {}
+    heads = (mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim)
+    blocks = sequential_blocks(model, calib_ids, cfg.batch_size, gram,
+                               desc=f"prune event {state['events'] + 1}" if progress else None)
     was_training = model.training
     model.eval()  # no adapter dropout while capturing
     try:
-        gram = use_pbs == "output" or a_init == "pca" or obs  # PBS, the PCA init and SparseGPT's update need XᵀX
-        for b, block, stats in sequential_blocks(model, calib_ids, batch_size, gram=gram, progress=progress,
-                                                 desc=f"prune event {state['events'] + 1}"):
-            # ForeSight scores, EMA, masks: all seven from the block's weights before any of them changes
-            nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
-            e = consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, foresight)
-            plan = {}
+        for b, block, stats in blocks:
+            e = FORESIGHT[cfg.foresight](block, _next_reader(model, b), *heads)  # §4.2 / §4.4 (a)
+            plan, A_pca = {}, {}  # all seven masks from the block's weights before any changes
             for proj in PROJECTIONS:
                 lin, name = get_sub(block, proj), layer_name(b, proj)
-                assert isinstance(lin, LoRALinear), f"{name} has no adapter: call add_lora first"
-                # (m, n) float32, no mask on the adapter (§4.4); W ⊙ M_old: W is zero there after a fold anyway
-                U = _f32(lin.weight) * lin.mask + lin.scale * (_f32(lin.lora_B) @ _f32(lin.lora_A))
-                s_k = foresight_scores(U, stats[proj].energy, e[proj])  # (m, n) paper Eq. 2 (or §4.4 (a))
-                prev = state["scores"].get(name)
-                score = s_k if prev is None else ema * s_k + (1 - ema) * prev.to(s_k.device)  # §4.3 EMA
-                state["scores"][name] = _to_host(score, prev)  # prev is spent: its buffer takes the new EMA
+                U = lin.U()  # (m, n) §2, unmasked (§4.4 (1)): a pruned weight can come back
+                score = ema(foresight_scores(U, stats[proj].energy, e[proj]), scores.get(name),
+                            cfg.ema)  # (m, n) paper Eq. 2, then §4.3
+                scores[name] = _to_host(score, scores.get(name))  # the old buffer takes the new
                 if final:  # scores are ≥ 0: an exact zero of U goes before any live weight
                     score = score.masked_fill(U == 0, -1.0)
-                keep = select_mask(score, sparsity, group, nm, delta)
-                state["changed"][name] = int((keep != lin.mask).sum())
-                plan[proj] = (U, keep)
-
-            pca_cache = {}  # q/k/v (and gate/up) share one H: one eigendecomposition
-            for proj in PROJECTIONS:
+                keep = select_mask(score, cfg.sparsity, cfg.group, cfg.nm, cfg.delta)  # §4.3
+                plan[proj] = MaskChange(U, lin.mask.clone(), keep)
+            for proj, ch in plan.items():
                 lin = get_sub(block, proj)
-                U, keep = plan[proj]
-                if not state["changed"][layer_name(b, proj)]:
-                    continue  # the same mask: nothing for PBS to do (R = 0), nothing to fold; W, A, B stay
-                A = _f32(lin.lora_A)  # (r, n)
-                if a_init == "pca":  # PAPER.md §5.3: A from the principal directions of this layer's inputs
-                    if id(stats[proj]) not in pca_cache:
-                        pca_cache[id(stats[proj])] = pca_A(stats[proj].gram, lin.rank)
-                    A = pca_cache[id(stats[proj])]
-                U_net = U * lin.mask  # what the network computes now: PBS's R = U_net ⊙ (1 − M_new)
-                if obs:  # the kept weights compensate for the pruned ones with SparseGPT's full update
-                    U = sparsegpt_prune(U_net, stats[proj].gram.to(U.dtype), sparsity, keep=keep)[0]
-                elif use_pbs == "output":
-                    U = U + lin.scale * (pbs_output(U_net, A, keep, stats[proj].gram.to(U.dtype), lin.scale, lam) @ A)  # §5.1
-                elif use_pbs == "diag":
-                    U = U + lin.scale * (pbs_diag(U_net, A, keep, stats[proj].rms.to(U.dtype), lin.scale, lam) @ A)  # §5.2
-                lin.weight.copy_((U * keep).to(lin.weight.dtype))  # the fold, with B = ΔB: W ← (U + s·ΔB·A) ⊙ M
-                lin.mask.copy_(keep)
-                lin.reset_adapter(A.to(lin.lora_A.dtype) if a_init == "pca" else None)
-            del plan, stats, U, keep, pca_cache  # nothing of block b outlives it (one block at a time)
+                changed[layer_name(b, proj)] = int((ch.new != ch.old).sum())
+                if not changed[layer_name(b, proj)]:
+                    continue  # the same mask: nothing to compensate, nothing to fold (§4.4 (1))
+                A = _f32(lin.lora_A)  # (r, n) the subspace of the update: the trained A, or
+                if cfg.a_init == "pca":  # §5.3 (q/k/v and gate/up share one H: one eigh)
+                    if INPUT_OF[proj] not in A_pca:
+                        A_pca[INPUT_OF[proj]] = pca_A(stats[proj].gram, lin.rank)
+                    A = A_pca[INPUT_OF[proj]]
+                dU = update(ch, A, stats[proj], lin.scale, cfg.lam) if update else 0.0  # §5
+                lin.fold(ch.U + dU, ch.new, A if cfg.a_init == "pca" else None)  # §3
+            del plan, stats  # nothing of block b outlives it (one block at a time)
     finally:
         model.train(was_training)
-    state["changed_total"] = sum(state["changed"].values())
-    state["events"] += 1
+    state.update(events=state["events"] + 1, changed=changed)
     return state
 
 
 # -----------------------------------------------------------------------------
-# PAPER.md §6 — one-shot baselines on given weights
+# §6 — one-shot baselines on given weights
 
-def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, keep=None):
-    """SparseGPT (Frantar & Alistarh 2023, Alg. 1) from the paper: prune W (m×n) column by column with OBS
-    updates of the later columns, H = XᵀX, damping percdamp·mean(diag H); exactly floor(p·m·n) zeros, or
-    N:M with nm=(N, M) (docs/method_notes.md). keep: a given mask (m×n bool) instead of SparseGPT's own
-    selection: only its updates (xpert's --final-update sparsegpt). Returns (Ŵ, keep mask), in W's dtype."""
+SPARSEGPT_BLOCKSIZE, SPARSEGPT_PERCDAMP = 128, 0.01  # SparseGPT's defaults (§6)
+
+
+def sparsegpt_prune(W, H, sparsity, nm=None, keep=None, add=None):
+    """SparseGPT (Frantar & Alistarh 2023, Alg. 1) from the paper: prune W (m×n) column by column
+    with OBS updates of the later columns, H = XᵀX, damping 1% of mean(diag H); exactly
+    floor(p·m·n) zeros, or N:M with nm=(N, M). keep: a given mask (m×n bool) instead of its own
+    selection, and add (m×n): values that enter at kept positions, compensated like the pruned
+    ones (the revived weights of update_sparsegpt). Returns (Ŵ, keep mask), in W's dtype."""
     W, H = W.clone(), H.to(W.dtype).clone()
     m, n = W.shape
     dead = H.diagonal() == 0  # inputs that never fire: their weights are free to prune
     H[dead, dead] = 1
     if keep is None:
         W[:, dead] = 0
-    H.diagonal().add_(percdamp * H.diagonal().mean())
-    # upper Cholesky factor of H⁻¹: row i holds the OBS update for column i given columns < i are done
+    H.diagonal().add_(SPARSEGPT_PERCDAMP * H.diagonal().mean())
+    # upper Cholesky factor of H⁻¹: row i holds the OBS update for column i, columns < i done
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     given, keep = keep, torch.ones(m, n, dtype=torch.bool, device=W.device)
-    done = 0  # weights pruned so far: each block brings the total to floor(p·m·i2), exact at the end
-    for i1 in range(0, n, blocksize):
-        i2 = min(i1 + blocksize, n)
+    add = torch.zeros_like(W) if add is None else add.to(W.dtype)
+    done, bs = 0, SPARSEGPT_BLOCKSIZE  # done: pruned so far, floor(p·m·i2) after each block
+    for i1 in range(0, n, bs):
+        i2 = min(i1 + bs, n)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1, prune1 = torch.zeros_like(W1), torch.zeros_like(W1, dtype=torch.bool)
         if given is not None:
@@ -544,9 +654,9 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, keep=
                 err = W1[:, i:i + M].pow(2) / Hinv1.diagonal()[i:i + M][None, :].pow(2)
                 prune1.scatter_(1, i + err.topk(N, dim=1, largest=False).indices, True)
             w, d = W1[:, i], Hinv1[i, i]
-            q = torch.where(prune1[:, i], torch.zeros_like(w), w)
+            q = torch.where(prune1[:, i], torch.zeros_like(w), w + add[:, i1 + i])  # (m,) new
             e1 = (w - q) / d
-            W1[:, i:] -= e1[:, None] * Hinv1[i, i:][None, :]  # compensate in the block's later columns
+            W1[:, i:] -= e1[:, None] * Hinv1[i, i:][None, :]  # compensate the block's later columns
             W1[:, i], Err1[:, i] = q, e1
         W[:, i1:i2] = W1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy batch update of the columns after the block
@@ -554,28 +664,32 @@ def sparsegpt_prune(W, H, sparsity, nm=None, blocksize=128, percdamp=0.01, keep=
     return W * keep, keep
 
 
+ONESHOT = ("magnitude", "wanda", "sparsegpt")  # §6
+
+
 @torch.no_grad()
-def prune_oneshot(model, calib_ids, method, sparsity, nm=None, batch_size=8, progress=False):
-    """One-shot pruning of a plain model (nn.Linear; merge_lora first for LoRA→X) in place, sequential over
-    blocks (PAPER.md §6): magnitude |W| or Wanda |W|·‖X_c‖ per output row (or N:M), exactly p-sparse, or
-    SparseGPT on H = XᵀX (docs/method_notes.md). Returns {layer_name: keep mask, bool, CPU} for add_lora(masks=)."""
-    assert method in ("magnitude", "wanda", "sparsegpt"), "method: magnitude, wanda or sparsegpt"
-    masks = {}
-    was_training = model.training
+def prune_oneshot(model, calib_ids, method, sparsity, nm=None, batch_size=8):
+    """One-shot pruning of a plain model (nn.Linear; merge_lora first for LoRA→X) in place,
+    sequential over blocks (§6): magnitude |W| or Wanda |W|·‖X_c‖ per output row (or N:M),
+    exactly p-sparse, or SparseGPT on H = XᵀX. Returns {layer_name: keep mask, bool, CPU}."""
+    masks, was_training = {}, model.training
     model.eval()
-    blocks = ((b, blk, None) for b, blk in enumerate(tqdm(model.model.layers, desc=method, disable=not progress))) \
-        if method == "magnitude" else sequential_blocks(model, calib_ids, batch_size, gram=method == "sparsegpt",
-                                                         progress=progress, desc=method)  # magnitude needs no data
+    if method == "magnitude":  # needs no data: no calibration forwards
+        blocks = ((b, blk, None) for b, blk in enumerate(model.model.layers))
+    else:
+        blocks = sequential_blocks(model, calib_ids, batch_size, gram=method == "sparsegpt")
     try:
         for b, block, stats in blocks:
             for proj in PROJECTIONS:
                 lin = get_sub(block, proj)
-                assert type(lin) is nn.Linear, f"{layer_name(b, proj)} is not a plain nn.Linear (merge_lora first)"
+                assert type(lin) is nn.Linear, f"{layer_name(b, proj)}: merge_lora first"
                 W = _f32(lin.weight)  # (m, n)
                 if method == "sparsegpt":
                     W_new, keep = sparsegpt_prune(W, stats[proj].gram, sparsity, nm)
                 else:
-                    score = W.abs() if method == "magnitude" else W.abs() * stats[proj].energy.sqrt()[None, :]
+                    score = W.abs()  # (m, n) magnitude; Wanda: times ‖X_c‖
+                    if method == "wanda":
+                        score = score * stats[proj].energy.sqrt()[None, :]
                     keep = select_mask(score, sparsity, "out", nm)
                     W_new = W * keep
                 lin.weight.copy_(W_new.to(lin.weight.dtype))
@@ -590,12 +704,13 @@ def prune_oneshot(model, calib_ids, method, sparsity, nm=None, batch_size=8, pro
 
 @torch.no_grad()
 def sparsity_report(model):
-    """Fraction of exact zeros of every adapted projection (a LoRALinear's folded weight, what merge_lora
-    writes) and overall: {'layers': {layer_name: fraction}, 'zeros': int, 'total': int, 'overall': fraction}."""
+    """Fraction of exact zeros of every adapted projection (a LoRALinear's merged weight, what
+    merge_lora writes) and overall: {'layers': {name: fraction}, 'zeros', 'total', 'overall'}."""
     rep = {"layers": {}, "zeros": 0, "total": 0}
     for b, block in enumerate(model.model.layers):
         for proj in PROJECTIONS:
-            W = effective_weight(get_sub(block, proj))
+            mod = get_sub(block, proj)
+            W = mod.merged_weight() if isinstance(mod, LoRALinear) else mod.weight
             z = int((W == 0).sum())
             rep["layers"][layer_name(b, proj)] = z / W.numel()
             rep["zeros"] += z

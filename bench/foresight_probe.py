@@ -113,7 +113,7 @@ def main():
         att_in, mlp_in = held_inputs(block, xh, cos, sin)
         nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
         args = (block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
-        e_eq2, e_code = xpert.consumer_energy(*args), xpert.consumer_energy(*args, foresight="code")
+        e_eq2, e_code = xpert.consumer_energy(*args), xpert.code_factors(*args)
         for sp in sps:
             for proj in PROJECTIONS:
                 lin = block.get_submodule(proj)

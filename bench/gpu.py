@@ -196,7 +196,8 @@ def contender(kind, shape, args, device, dtype, batch):
                 if k and now() - T0 + 2 * events[-1]["total"] > args.budget_s:
                     break  # a second event would overrun the budget: one is the measurement
                 with phase_timer() as t:
-                    state = xpert.prune_event(model, calib, args.sparsity, state=state, progress=False)
+                    state = xpert.prune_event(model, calib, xpert.PruneConfig(args.sparsity), state=state,
+                                              progress=False)
                 events.append(dict(t))
         del state
         out["events"], out["event_peak_gb"] = events, ev_peak.gb

@@ -109,7 +109,7 @@ def criteria(W, st, e, sparsity, rank, seed):
     A = torch.empty(rank, W.shape[1])
     torch.nn.init.kaiming_uniform_(A, a=5 ** 0.5, generator=torch.Generator().manual_seed(seed))  # LoRA's A init
     s = 2.0  # α/r = 16/8, the default adapter scale
-    dB = xpert.pbs_output(W, A, keep, st.gram, s)  # PAPER.md §5.1 with B = 0 before the event
+    dB = xpert.pbs_output(W * ~keep, A, keep, st.gram, s)  # §5.1, first event: D = R = W ⊙ (1 − M)
     out[f"foresight-out+pbs(r={rank})"] = (W + s * dB @ A) * keep
     out["sparsegpt"] = xpert.sparsegpt_prune(W, st.gram, sparsity)[0]
     return out
@@ -151,7 +151,7 @@ def main():
         xpert.add_lora(model, rank=a.rank)
         with PeakRSS() as mem:
             with phase_timer() as t:  # timed from outside: xpert.py carries no timing code
-                xpert.prune_event(model, calib, sp, group="out", pbs="output")
+                xpert.prune_event(model, calib, xpert.PruneConfig(sp))
         res["event"] = {"sparsity": sp, "pbs": "output", "rank": a.rank, "timings_s": t,
                         "rss_before_mb": mem.base, "rss_peak_mb": mem.peak, "rss_increase_mb": mem.peak - mem.base}
         print(f"\none prune event (ForeSight group out + PBS output, r={a.rank}, p={sp:g}, "

@@ -1,28 +1,30 @@
 """
-One prune event of EfficientXpert, step by step, on a real tiny LLaMA (PAPER.md §3, §4, §5).
+One prune event of EfficientXpert, step by step, on a real tiny LLaMA (docs/paper.md §3, §4, §5).
 
     python docs/walkthrough.py                     # prints the data flow, writes docs/figures/*.png
     python docs/walkthrough.py --out /tmp/figs     # figures elsewhere
     python docs/walkthrough.py --no-figures        # text only (no matplotlib needed)
 
-It does by hand what xpert.prune_event does in one call, with the same pieces, so every tensor can be
-printed with its shape and its role:
+It runs the real xpert.prune_event and watches its steps from outside (`watch`, as bench/timing.py
+times them), so every tensor printed is the one the event computed, with its shape and its role:
 
-    capture (xpert.sequential_blocks: block by block, each block sees the *pruned* outputs of the one before)
-      -> ForeSight scores s = U²·‖X_c‖²·e_j (xpert.consumer_energy, xpert.foresight_scores)
+    capture (xpert.sequential_blocks: block by block, each sees the *pruned* outputs of the last)
+      -> consumer energies e_j (xpert.consumer_energy, §4.2) and U = W + s·B·A (LoRALinear.U)
+      -> ForeSight scores s = U²·‖X_c‖²·e_j (xpert.foresight_scores), EMA with the last event
       -> mask: exactly floor(p·m·n) pruned (xpert.select_mask)
-      -> PBS ΔB with A fixed (xpert.pbs_output)
-      -> fold W ← (U + s·ΔB·A) ⊙ M (LoRALinear.fold), then merge_lora: a plain LLaMA, still exactly p-sparse.
+      -> update ΔU = s·ΔB·A, A fixed (xpert.update_output: PBS, §5.1)
+      -> fold W ← (U + ΔU) ⊙ M (LoRALinear.fold), then merge_lora: a plain LLaMA, exactly p-sparse.
 
-The model is the committed stories260K (assets/models/stories260K: 5 blocks, d=64, 8 query / 4 KV heads,
-head_dim 8, intermediate 172). Text: windows of 64 tokens of licence texts (legal, built into data.py)
-and of WikiText-2 (general; committed in assets/data, or ../shared/assets). The LoRA phase
-before the event is stood in for by a small random B (so U = W + s·B·A differs from W), seeded.
-Runs in a few seconds on a CPU. Figures (matplotlib): the score distribution with the cut, the mask of a
-few rows beside the column energies, and the per-block × projection IoU of legal- vs general-calibrated
-masks.
+The model is the committed stories260K (assets/models/stories260K: 5 blocks, d=64, 8 query / 4 KV
+heads, head_dim 8, intermediate 172). Text: windows of 64 tokens of licence texts (legal, built into
+data.py) and of WikiText-2 (general; committed in assets/data, or ../shared/assets). A small random B
+stands in for the LoRA phase before the event (so U = W + s·B·A differs from W), seeded. Runs in a
+few seconds on a CPU. Figures (matplotlib): the scores of a layer with the per-row cut, the kept
+fraction of each input column against its energy, and the per-block × projection IoU of legal- vs
+general-calibrated masks beside the IoU of chance.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -71,11 +73,6 @@ def adapted(model):
             for b, block in enumerate(model.model.layers) for proj in PROJECTIONS}
 
 
-def effective(lin):
-    """U = (W + s·B·A) ⊙ M in float32: the weight a LoRALinear computes now (PAPER.md §2)."""
-    return (lin.weight.float() + lin.scale * (lin.lora_B.float() @ lin.lora_A.float())) * lin.mask
-
-
 def load(rank, alpha, seed):
     """stories260K with LoRA on the seven projections of every block, B small and random (seeded)."""
     model = LLaMA.from_pretrained(MODEL_DIR).eval()
@@ -88,63 +85,106 @@ def load(rank, alpha, seed):
     return model
 
 
-@torch.no_grad()
-def prune_event_by_hand(model, calib_ids, p, show_block=None, show_proj="mlp.gate_proj"):
-    """One non-final prune event with PBS, written out. Returns ({(b, proj): keep}, details of show_proj)."""
-    cfg, layers = model.config, model.model.layers
-    masks, detail = {}, {}
-    for b, block, stats in xpert.sequential_blocks(model, calib_ids, batch_size=8, gram=True, desc="event"):
-        verbose = b == show_block
-        if verbose:
-            st = stats[show_proj]
-            print(f"\n[2] capture, block {b}: xpert.sequential_blocks(model, calib_ids, gram=True) yields the block "
-                  "with its input statistics\n    (X itself is never stored; q/k/v share one input, gate/up another)")
-            row(f"stats['{show_proj}'].energy", st.energy, "‖X_c‖² = Σ_t x_tc²: energy of input column c")
-            row(f"stats['{show_proj}'].gram", st.gram, "H = XᵀX: the Gram matrix PBS needs")
-            print(f"  {'.n_tokens':<30} {st.n_tokens:<11} calibration tokens seen by this block")
-        nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
-        e = xpert.consumer_energy(block, nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
-        plan = {}
-        for proj in PROJECTIONS:  # score and select all seven before any weight of the block changes
-            lin = block.get_submodule(proj)
-            U = effective(lin)
-            scores = xpert.foresight_scores(U, stats[proj].energy, e[proj])
-            keep = xpert.select_mask(scores, p, "out")
-            plan[proj] = (U, scores, keep)
-        if verbose:
-            U, scores, keep = plan[show_proj]
-            lin = block.get_submodule(show_proj)
-            m, n = U.shape
-            print(f"\n[3] ForeSight scores, block {b} {show_proj} (PAPER.md §4, paper Eq. 2)")
-            row("W", lin.weight, "frozen base weight, m outputs × n inputs")
-            row("lora_A, lora_B", lin.lora_A, f"A (r × n) and B {shape(lin.lora_B)}, scale s = α/r = {lin.scale:g}")
-            row("U = W + s·B·A", U, "effective weight (what the network computes now)")
-            row(f"e['{show_proj}']", e[show_proj], "consumer energy e_j: read by " + READ_BY[show_proj])
-            row("scores", scores, "s[j, c] = U[j, c]² · ‖X_c‖² · e_j")
-            print(f"\n[4] mask: xpert.select_mask(scores, {p}, 'out') keeps the top of every output row")
-            row("keep", keep, f"bool, True = keep: {int((~keep).sum())} pruned = floor({p}·{m}·{n}) = "
-                f"{xpert.n_pruned(m * n, p)}, exactly (top-k, whatever the ties)")
-            detail.update(block=b, proj=show_proj, scores=scores.clone(), keep=keep.clone(),
-                          energy=stats[show_proj].energy.clone(), k_row=xpert.n_pruned(n, p))
-            print(f"\n[5] PBS (PAPER.md §5.1) and [6] fold, all seven projections of block {b} "
-                  f"(output error = ‖(W_new − U) Xᵀ‖² / ‖U Xᵀ‖² on the calibration tokens, from H):")
-            print(f"  {'projection':<18} {'U':<8} {'e_j':<7} {'ΔB':<9} {'pruned':>7} {'= floor(p·m·n)':>15} "
-                  f"{'error, no PBS':>14} {'with PBS':>9} {'zeros after fold':>17}")
-        for proj in PROJECTIONS:
-            lin = block.get_submodule(proj)
-            U, scores, keep = plan[proj]
-            H = stats[proj].gram
-            dB = xpert.pbs_output(U, lin.lora_A.float(), keep, H, lin.scale)  # (m, r): B ← B + ΔB, A fixed
-            lin.mask.copy_(keep)
-            lin.lora_B.add_(dB.to(lin.lora_B.dtype))
-            lin.fold()  # W ← (W + s·(B + ΔB)·A) ⊙ M = (U + s·ΔB·A) ⊙ M; then A re-initialised, B = 0
-            masks[(b, proj)] = keep.clone()
-            if verbose:
-                m, n = U.shape
-                print(f"  {proj:<18} {f'{m}×{n}':<8} {f'({m},)':<7} {shape(dB):<9} {int((~keep).sum()):>7} "
-                      f"{xpert.n_pruned(m * n, p):>15} {out_error(U * keep, U, H):>14.4f} "
-                      f"{out_error(lin.weight, U, H):>9.4f} {int((lin.weight == 0).sum()):>17}")
-    return masks, detail
+@contextlib.contextmanager
+def watch(show_block):
+    """Record what the real xpert.prune_event computes in block `show_block`, step by step: each
+    step is wrapped while the event runs and put back after. Yields {step: {proj: tensors}}."""
+    seen = {"b": None, "e": None, "score": {}, "keep": {}, "update": {}, "fold": {}}
+    saved = {n: getattr(xpert, n) for n in ("sequential_blocks", "foresight_scores", "select_mask")}
+    saved_tables, saved_fold = (xpert.FORESIGHT, xpert.UPDATES), xpert.LoRALinear.fold
+    order = list(PROJECTIONS)  # within a block the event scores and selects in this order
+
+    def blocks(*a, **k):
+        for b, block, stats in saved["sequential_blocks"](*a, **k):
+            seen["b"], seen["block"] = b, block
+            if b == show_block:
+                seen["stats"] = dict(stats)  # the generator empties its dict after the block
+                seen["shown"] = b
+            yield b, block, stats
+
+    def here():
+        return seen["b"] == show_block
+
+    def energy(fn):
+        return lambda *a: seen.update(e=fn(*a)) or seen["e"] if here() else fn(*a)
+
+    def record(step, fn):
+        def wrapper(*a, **k):
+            out = fn(*a, **k)
+            if here():
+                seen[step][order[len(seen[step]) % len(order)]] = (a, out)
+            return out
+        return wrapper
+
+    def update(fn):
+        def wrapper(ch, A, stats, s, lam):
+            dU = fn(ch, A, stats, s, lam)
+            if here():
+                proj = next(p for p in order if seen["stats"][p] is stats and p not in seen["update"])
+                seen["update"][proj] = (ch, A, stats, dU)
+            return dU
+        return wrapper
+
+    def fold(lin, U=None, keep=None, A=None):
+        saved_fold(lin, U, keep, A)
+        if here():
+            proj = next(p for p in order if seen["block"].get_submodule(p) is lin)
+            seen["fold"][proj] = lin.weight.detach().clone()
+
+    xpert.sequential_blocks = blocks
+    xpert.foresight_scores = record("score", saved["foresight_scores"])
+    xpert.select_mask = record("keep", saved["select_mask"])
+    xpert.FORESIGHT = {k: energy(fn) for k, fn in saved_tables[0].items()}
+    xpert.UPDATES = {k: fn and update(fn) for k, fn in saved_tables[1].items()}
+    xpert.LoRALinear.fold = fold
+    try:
+        yield seen
+    finally:
+        for n, fn in saved.items():
+            setattr(xpert, n, fn)
+        xpert.FORESIGHT, xpert.UPDATES = saved_tables
+        xpert.LoRALinear.fold = saved_fold
+
+
+def show(seen, p, show_proj, lin_before):
+    """Print the event's tensors for one block, in the order the event computed them."""
+    b, stats = seen["shown"], seen["stats"]
+    st = stats[show_proj]
+    print(f"\n[2] capture, block {b}: xpert.sequential_blocks(model, calib_ids, gram=True) yields "
+          "the block with its input statistics\n    (X itself is never stored; q/k/v share one "
+          "input, gate/up another)")
+    row(f"stats['{show_proj}'].energy", st.energy, "‖X_c‖² = Σ_t x_tc²: energy of input column c")
+    row(f"stats['{show_proj}'].gram", st.gram, "H = XᵀX: the Gram matrix PBS needs")
+    print(f"  {'.n_tokens':<30} {st.n_tokens:<11} calibration tokens seen by this block")
+    (U, energy, e_j), scores = seen["score"][show_proj]
+    W, A, B, s = lin_before
+    m, n = U.shape
+    print(f"\n[3] ForeSight scores, block {b} {show_proj} (§4, paper Eq. 2)")
+    row("W", W, "frozen base weight, m outputs × n inputs")
+    row("lora_A, lora_B", A, f"A (r × n) and B {shape(B)}, scale s = α/r = {s:g}")
+    row("U = W + s·B·A", U, "LoRALinear.U(): unmasked effective weight (§4.4 (1))")
+    row(f"e['{show_proj}']", e_j, "consumer energy e_j: read by " + READ_BY[show_proj])
+    row("scores", scores, "s[j, c] = U[j, c]² · ‖X_c‖² · e_j (first event: no EMA yet)")
+    keep = seen["keep"][show_proj][1]
+    print(f"\n[4] mask: xpert.select_mask(scores, {p}, 'out') keeps the top of every output row")
+    row("keep", keep, f"bool, True = keep: {int((~keep).sum())} pruned = floor({p}·{m}·{n}) = "
+        f"{xpert.n_pruned(m * n, p)}, exactly (top-k, whatever the ties)")
+    print(f"\n[5] update (§5.1, PBS) and [6] fold, all seven projections of block {b} (output "
+          "error = ‖(W_new − U ⊙ M_old) Xᵀ‖² / ‖U Xᵀ‖² on the calibration tokens, from H):")
+    print(f"  {'projection':<18} {'U, D, ΔU':<10} {'pruned':>7} {'= floor(p·m·n)':>15} "
+          f"{'error, no PBS':>14} {'with PBS':>9} {'zeros after fold':>17}")
+    for proj in PROJECTIONS:
+        ch, _, stp, dU = seen["update"][proj]
+        W_new, H = seen["fold"][proj], stp.gram
+        target = ch.U * ch.old
+        mm, nn = ch.U.shape
+        assert ch.whole_change().shape == dU.shape == (mm, nn)
+        print(f"  {proj:<18} {f'{mm}×{nn}':<10} "
+              f"{int((~ch.new).sum()):>7} {xpert.n_pruned(mm * nn, p):>15} "
+              f"{out_error(ch.U * ch.new, target, H):>14.4f} {out_error(W_new, target, H):>9.4f} "
+              f"{int((W_new == 0).sum()):>17}")
+    return {"block": b, "proj": show_proj, "scores": scores.clone(), "keep": keep.clone(),
+            "energy": energy.clone(), "k_row": xpert.n_pruned(n, p)}
 
 
 def figures(out, detail, iou, p, general_name):
@@ -155,15 +195,16 @@ def figures(out, detail, iou, p, general_name):
     paths = []
     b, proj, scores, keep = detail["block"], detail["proj"], detail["scores"], detail["keep"]
 
-    # 1. the score distribution and the cut
+    # 1. the scores of one layer and where group 'out' cuts: per row, not one threshold
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ls = scores.clamp_min(1e-30).log10()
+    ls = scores.clamp_min(1e-30).log10()  # (m, n)
     bins = torch.linspace(ls.min().item(), ls.max().item(), 60).tolist()
-    a1.hist([ls[~keep].tolist(), ls[keep].tolist()], bins=bins, stacked=True, color=["#d62728", "#1f77b4"],
-            label=["pruned", "kept"])
+    a1.hist([ls[~keep].tolist(), ls[keep].tolist()], bins=bins, stacked=True,
+            color=["#d62728", "#1f77b4"], label=["pruned (each row's lowest)", "kept"])
     cut = ls.reshape(-1).kthvalue(xpert.n_pruned(ls.numel(), p)).values.item()
-    a1.axvline(cut, color="k", ls="--", lw=1, label="one cut for the whole layer")
-    a1.set(xlabel="log10 ForeSight score", ylabel="weights", title=f"block {b} {proj}: scores, p = {p}")
+    a1.axvline(cut, color="k", ls="--", lw=1, label="where a --group layer cut would be")
+    a1.set(xlabel="log10 ForeSight score", ylabel="weights",
+           title=f"block {b} {proj}: scores, p = {p}")
     a1.legend(fontsize=7)
     k = detail["k_row"]
     for j in (0, 1, 2, 3):
@@ -172,38 +213,43 @@ def figures(out, detail, iou, p, general_name):
         a2.plot([k - 0.5], [(srt[k - 1] + srt[k]).item() / 2], "k|", ms=12)
     a2.axvline(k - 0.5, color="k", ls=":", lw=1)
     a2.set(xlabel="rank inside the row (lowest first)", ylabel="log10 score",
-           title=f"group 'out': every row cuts at rank {k}")
+           title=f"group 'out': every row cuts at its own rank {k}")
     a2.legend(fontsize=7)
     fig.tight_layout()
     paths.append(os.path.join(out, "walkthrough_scores.png"))
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
 
-    # 2. the mask of a few rows, under the energy of the columns they read
-    rows = 24
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, gridspec_kw={"height_ratios": [1, 2.2]})
-    a1.bar(range(keep.shape[1]), detail["energy"].tolist(), width=1.0, color="#7f7f7f")
-    a1.set(yscale="log", ylabel="‖X_c‖²", title=f"block {b} {proj}: keep-mask of the first {rows} rows "
-           f"(dark = kept) under the column energies")
-    a2.imshow(keep[:rows].float().numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
-    a2.set(xlabel="input column c", ylabel="output row j")
+    # 2. what the mask keeps of each input column, against that column's energy ‖X_c‖²
+    energy, kept = detail["energy"], keep.float().mean(0)  # (n,), (n,) kept fraction per column
+    r = torch.corrcoef(torch.stack([energy.log(), kept]))[0, 1].item()
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.scatter(energy.tolist(), kept.tolist(), s=10, color="#1f77b4")
+    ax.axhline(1 - p, color="k", ls=":", lw=1, label=f"1 − p = {1 - p:g}: every row keeps this")
+    ax.set(xscale="log", xlabel="input column energy ‖X_c‖² (log)", ylabel="fraction of rows keeping c",
+           title=f"block {b} {proj.split('.')[-1]}: loud inputs are kept (r = {r:.2f} with log energy)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(os.path.join(out, "walkthrough_mask_rows.png"))
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
 
-    # 3. per block × projection IoU of the pruned sets, legal- vs general-calibrated
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    lo = min(0.8, int(iou.min().item() * 10) / 10)
-    im = ax.imshow(iou.numpy(), cmap="viridis", vmin=lo, vmax=1.0, aspect="auto")
+    # 3. per block × projection IoU of the pruned sets, legal- vs general-calibrated, from 0
+    chance = p / (2 - p)  # the IoU of two independent random masks at sparsity p (exercise 5)
+    fig, ax = plt.subplots(figsize=(6.8, 3.2))
+    im = ax.imshow(iou.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     for i in range(iou.shape[0]):
         for j in range(iou.shape[1]):
             ax.text(j, i, f"{iou[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="w" if iou[i, j] < (lo + 1) / 2 else "k")
+                    color="w" if iou[i, j] < 0.5 else "k")
     ax.set_xticks(range(len(PROJECTIONS)), [q.split(".")[-1] for q in PROJECTIONS], fontsize=8)
     ax.set_yticks(range(iou.shape[0]), [f"block {i}" for i in range(iou.shape[0])], fontsize=8)
-    ax.set_title(f"IoU of the pruned weights: legal- vs {general_name}-calibrated event, p = {p}", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_title(f"IoU of the pruned weights: legal- vs {general_name}-calibrated, p = {p} "
+                 f"(chance {chance:.2f})", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.03)
+    bar.ax.axhline(chance, color="r", lw=2)
+    bar.ax.text(1.6, chance, "chance", color="r", fontsize=7, va="center",
+                transform=bar.ax.get_yaxis_transform())
     fig.tight_layout()
     paths.append(os.path.join(out, "walkthrough_mask_iou.png"))
     fig.savefig(paths[-1], dpi=90)
@@ -247,7 +293,14 @@ def main(argv=None):
     loss_dense = torch.nn.functional.cross_entropy(model(held)[:, :-1].reshape(-1, cfg.vocab_size),
                                                    held[:, 1:].reshape(-1)).item()
 
-    masks, detail = prune_event_by_hand(model, calib, p, show_block=min(a.block, cfg.num_hidden_layers - 1))
+    show_block, show_proj = min(a.block, cfg.num_hidden_layers - 1), "mlp.gate_proj"
+    lin = model.model.layers[show_block].get_submodule(show_proj)
+    before = (lin.weight.clone(), lin.lora_A.detach().clone(), lin.lora_B.detach().clone(), lin.scale)
+    with watch(show_block) as seen:  # the real event; `watch` only records what its steps computed
+        xpert.prune_event(model, calib, xpert.PruneConfig(p), progress=False)
+    detail = show(seen, p, show_proj, before)
+    masks = {(b, proj): blk.get_submodule(proj).mask.clone()
+             for b, blk in enumerate(model.model.layers) for proj in PROJECTIONS}
 
     print("\n[7] the whole event (all blocks, sequential capture), then merge")
     lins = adapted(model)
@@ -273,7 +326,10 @@ def main(argv=None):
           f"(p = {p}, one-shot, no training after it)")
 
     # the same event calibrated on general text, from the same start
-    masks_general, _ = prune_event_by_hand(load(rank, alpha, seed=0), general, p)
+    model_general = load(rank, alpha, seed=0)
+    xpert.prune_event(model_general, general, xpert.PruneConfig(p), progress=False)
+    masks_general = {(b, proj): blk.get_submodule(proj).mask
+                     for b, blk in enumerate(model_general.model.layers) for proj in PROJECTIONS}
     iou = torch.zeros(cfg.num_hidden_layers, len(PROJECTIONS))
     for (b, proj), keep in masks.items():
         pa, pb = ~keep, ~masks_general[(b, proj)]

@@ -177,7 +177,7 @@ def test_every_mask_writer_keeps_the_weight_zero_off_the_mask():
         with torch.no_grad():
             for _, lin in xpert.lora_layers(model):
                 lin.lora_B.copy_(torch.randn(lin.lora_B.shape, generator=g) * 0.05)  # simulate training
-        xpert.prune_event(model, ids, 0.5, final=final, progress=False)
+        xpert.prune_event(model, ids, xpert.PruneConfig(0.5), final=final, progress=False)
         assert all(_zero_off_mask(lin) and not lin.mask.all() for _, lin in xpert.lora_layers(model))
     for _, lin in xpert.lora_layers(model):
         with torch.no_grad():
@@ -290,7 +290,32 @@ def test_add_lora_adapts_the_seven_projections_only():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"{n}.lora_{x}" for n in adapted for x in "AB"} and len(params) == 2 * len(adapted)
     ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
-    xpert.prune_event(model, ids, 0.5, progress=False)
+    xpert.prune_event(model, ids, xpert.PruneConfig(0.5), progress=False)
     after = model.state_dict()
     for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"):
         assert torch.equal(after[k], before[k]), k
+
+
+def test_bf16_base_adapter_gradients_are_formed_in_fp32():
+    """With a bf16 base, the masked path's dA and dB equal float64 autograd on the same bf16 values to
+    fp32 precision (G = dYᵀX is formed in the adapter dtype, as PEFT does; in bf16 it carried ~2e-3)."""
+    g = torch.Generator().manual_seed(4)
+    m, n, r, N = 48, 64, 4, 96
+    base = nn.Linear(n, m, bias=False).to(torch.bfloat16)
+    mask = torch.rand(m, n, generator=g) > 0.5
+    with torch.no_grad():
+        base.weight.mul_(mask)
+    lin = xpert.LoRALinear(base, rank=r, alpha=8, dropout=0.0, mask=mask)
+    with torch.no_grad():
+        lin.lora_B.copy_(torch.randn(m, r, generator=g) * 0.1)
+    x = torch.randn(N, n, generator=g).to(torch.bfloat16)
+    dy = torch.randn(N, m, generator=g).to(torch.bfloat16)
+    lin(x).backward(dy)
+    A64 = lin.lora_A.detach().double().requires_grad_(True)
+    B64 = lin.lora_B.detach().double().requires_grad_(True)
+    W64 = lin.weight.double()
+    y64 = x.double() @ ((W64 + lin.scale * B64 @ A64) * mask).T
+    y64.backward(dy.double())
+    for got, want in ((lin.lora_A.grad, A64.grad), (lin.lora_B.grad, B64.grad)):
+        rel = ((got.double() - want).norm() / want.norm()).item()
+        assert rel < 1e-5, rel

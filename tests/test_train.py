@@ -44,7 +44,7 @@ def adapted(sd):
 
 @pytest.mark.parametrize("method,extra", [(m, []) for m in ("xpert", "foresight", "lora", "lora-magnitude", "lora-wanda",
                                                              "lora-sparsegpt", "wanda-lora")]
-                         + [("xpert", ["--final-update", "sparsegpt"])])  # issue 12's variant
+                         + [("xpert", ["--pbs", "sparsegpt"])])  # the SparseGPT-update variant
 def test_every_method_end_to_end(method, extra, tiny_model_dir, cache, tmp_path):
     out = tmp_path / method
     r = run(["train.py", "--model", tiny_model_dir, "--method", method, "--out", str(out), *TINY, *extra], cache)
@@ -52,7 +52,7 @@ def test_every_method_end_to_end(method, extra, tiny_model_dir, cache, tmp_path)
     assert not os.path.exists(str(out) + ".partial"), "the work folder must be renamed into place"
     runj = json.load(open(out / "run.json"))
     assert runj["config"]["method"] == method
-    assert runj["config"]["final_update"] == (extra[1] if extra else "none")
+    assert runj["config"]["pbs"] == (extra[1] if extra else "output")
     assert "domain_test_ppl" in runj["metrics"] and runj["metrics"]["domain_test_ppl"]["windows"] == 3
     assert os.path.exists(out / "train.log") and os.path.exists(out / "config.json")
     assert not os.path.exists(out / "ckpt.pt")

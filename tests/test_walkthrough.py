@@ -20,7 +20,7 @@ def test_walkthrough_runs_prints_exact_sparsity_and_writes_figures(tmp_path):
                   r"(\d+)/(\d+) after merge_lora", r.stdout)
     assert m and m.group(1) == m.group(2) == m.group(3) == m.group(4) == "35", r.stdout
     assert "max |Δlogits| = 0.0e+00" in r.stdout  # merge keeps the function: the fold already applied everything
-    for step in ("[2] capture", "[3] ForeSight scores", "[4] mask", "[5] PBS", "[7] the whole event"):
+    for step in ("[2] capture", "[3] ForeSight scores", "[4] mask", "[5] update", "[7] the whole event"):
         assert step in r.stdout
     for name in FIGURES:
         path = tmp_path / name

@@ -228,21 +228,29 @@ def _pbs_problem(seed=0, m=6, n=20, r=3, N=60, p=0.4):
     return X, U, A, M
 
 
-def test_pbs_output_equals_rowwise_lstsq():
+@pytest.mark.parametrize("later", [False, True])
+def test_pbs_output_equals_rowwise_lstsq(later, monkeypatch):
+    """§5.1: the target is the whole change D = U⊙M_old − U⊙M (= R = U⊙(1−M) at a first event); at a
+    later event D is non-zero on the revived columns too."""
     X, U, A, M = _pbs_problem()
+    M_old = torch.rand(M.shape, generator=torch.Generator().manual_seed(5)) > 0.4 if later else torch.ones_like(M)
+    M_old[0] = M[0]  # row 0: the same mask, nothing to compensate
+    D = xpert.MaskChange(U, M_old, M).whole_change()
+    assert later or torch.equal(D, U * ~M)
+    assert not later or (D * M).abs().sum() > 0  # revived weights (kept now, pruned before) are in D
     s, lam = 2.0, 1e-1
-    dB = xpert.pbs_output(U, A, M, X.T @ X, s, lam=lam, lam_relative=False, chunk=4)
-    R = U * ~M
+    monkeypatch.setattr(xpert, "PBS_CHUNK", 4 * A.shape[0] * A.shape[1])  # rows in chunks of 4
+    dB = xpert.pbs_output(D, A, M, X.T @ X, s, lam=lam, lam_relative=False)
     r = A.shape[0]
-    for i in range(U.shape[0]):  # min ‖(s·δ(A⊙M_i) − R_i) Xᵀ‖² + λ‖δ‖², augmented with √λ·I
+    for i in range(U.shape[0]):  # min ‖(s·δ(A⊙M_i) − D_i) Xᵀ‖² + λ‖δ‖², augmented with √λ·I
         design = torch.cat([s * X @ (A * M[i]).T, math.sqrt(lam) * torch.eye(r, dtype=X.dtype)])
-        target = torch.cat([X @ R[i], torch.zeros(r, dtype=X.dtype)])
+        target = torch.cat([X @ D[i], torch.zeros(r, dtype=X.dtype)])
         sol = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
         torch.testing.assert_close(dB[i], sol, rtol=1e-8, atol=1e-10)
-    assert dB[0].abs().max() == 0  # nothing pruned: nothing to compensate
+    assert dB[0].abs().max() == 0  # nothing changed: nothing to compensate
     # relative λ: the solution does not depend on the scale of X
-    d1 = xpert.pbs_output(U, A, M, X.T @ X, s, lam=1e-3)
-    d2 = xpert.pbs_output(U, A, M, 100 * X.T @ X, s, lam=1e-3)
+    d1 = xpert.pbs_output(U * ~M, A, M, X.T @ X, s, lam=1e-3)
+    d2 = xpert.pbs_output(U * ~M, A, M, 100 * X.T @ X, s, lam=1e-3)
     torch.testing.assert_close(d1, d2, rtol=1e-8, atol=1e-12)
 
 
@@ -254,7 +262,7 @@ def test_pbs_output_reduces_layer_error_after_fold():
     A = torch.randn(r, n, generator=g, dtype=torch.float64) / math.sqrt(n)
     M = xpert.select_mask(U.abs() * X.norm(dim=0), 0.5, "out")  # Wanda's mask
     s = 2.0
-    dB = xpert.pbs_output(U, A, M, X.T @ X, s)
+    dB = xpert.pbs_output(U * ~M, A, M, X.T @ X, s)
     err = lambda W: (((U - W) @ X.T) ** 2).sum()  # noqa: E731
     e_plain, e_pbs = err(U * M), err((U + s * dB @ A) * M)
     assert e_pbs < e_plain * 0.999  # strictly helps on correlated inputs
@@ -264,8 +272,8 @@ def test_pbs_diag_equals_minimiser_of_its_objective():
     X, U, A, M = _pbs_problem(seed=1)
     g = X.pow(2).mean(0).sqrt()
     s, lam = 2.0, 1e-1
-    dB = xpert.pbs_diag(U, A, M, g, s, lam=lam, lam_relative=False)
-    Ut = U * ~M
+    Ut = U * ~M  # the first event's D
+    dB = xpert.pbs_diag(Ut, A, g, s, lam=lam, lam_relative=False)
     r = A.shape[0]
     for i in range(U.shape[0]):  # min Σ_c g_c (ũ_ic + s·δ·a_c)² + λ‖δ‖² as a weighted lstsq
         design = torch.cat([g.sqrt()[:, None] * s * A.T, math.sqrt(lam) * torch.eye(r, dtype=X.dtype)])
@@ -323,19 +331,21 @@ def test_sparsegpt_at_zero_sparsity_keeps_weights():
     torch.testing.assert_close(Wg, W)
 
 
-def obs_fixed_mask_reference(W, H, keep, percdamp=0.01):
+def obs_fixed_mask_reference(W, H, keep, add=None, percdamp=0.01):
     """Textbook OBS with a given mask, row by row and column by column, inverting H over the columns still
-    free at every step (no Cholesky, no blocks): prune column i → the free columns j ≥ i move by
-    −w_i·[H_F⁻¹]_{0j} / [H_F⁻¹]_{00}, F = {i, ..., n−1} (Frantar & Alistarh 2023, Eq. 3 applied in order)."""
+    free at every step (no Cholesky, no blocks): moving column i by δ (−w_i if pruned, add_i if a value
+    enters there) moves the free columns j ≥ i by δ·[H_F⁻¹]_{0j} / [H_F⁻¹]_{00}, F = {i, ..., n−1}
+    (Frantar & Alistarh 2023, Eq. 3 applied in order)."""
     H = H.clone()
     H.diagonal().add_(percdamp * H.diagonal().mean())
-    W = W.clone()
+    W, add = W.clone(), torch.zeros_like(W) if add is None else add
     n = W.shape[1]
     for r in range(W.shape[0]):
         for i in range(n):
-            if not keep[r, i]:
+            delta = -W[r, i] if not keep[r, i] else add[r, i]
+            if delta != 0:
                 Hi = torch.linalg.inv(H[i:, i:])
-                W[r, i:] -= W[r, i] * Hi[0] / Hi[0, 0]
+                W[r, i:] += delta * Hi[0] / Hi[0, 0]
     return W * keep
 
 
@@ -347,55 +357,39 @@ def block0_grams(model, ids):
     return {p: st[p].gram.double() for p in PROJECTIONS}
 
 
-def test_sparsegpt_with_a_given_mask_is_sequential_obs():
-    """keep=: SparseGPT's updates on a mask it did not choose (xpert --final-update sparsegpt) equal the
-    column-by-column OBS reference; with its own mask it is the unconstrained call."""
+def test_sparsegpt_with_a_given_mask_is_sequential_obs(monkeypatch):
+    """keep=: SparseGPT's updates on a mask it did not choose (the update rule sparsegpt) equal the
+    column-by-column OBS reference; add=: values entering at kept positions (revived weights) are
+    compensated too; with its own mask it is the unconstrained call."""
     g = torch.Generator().manual_seed(3)
     m, n = 5, 12
     W = torch.randn(m, n, generator=g, dtype=torch.float64)
     X = correlated(64, n, seed=5)
     H = X.T @ X
     keep = torch.rand(m, n, generator=g) > 0.4
-    got, k2 = xpert.sparsegpt_prune(W, H, 0.4, blocksize=5, keep=keep)  # 3 blocks: the lazy update is used
+    monkeypatch.setattr(xpert, "SPARSEGPT_BLOCKSIZE", 5)  # 3 blocks: the lazy update is used
+    got, k2 = xpert.sparsegpt_prune(W, H, 0.4, keep=keep)
     assert torch.equal(k2, keep) and (got[~keep] == 0).all()
     torch.testing.assert_close(got, obs_fixed_mask_reference(W, H, keep), rtol=1e-9, atol=1e-10)
-    own, own_keep = xpert.sparsegpt_prune(W, H, 0.4, blocksize=5)
-    torch.testing.assert_close(xpert.sparsegpt_prune(W, H, 0.4, blocksize=5, keep=own_keep)[0], own)
+    add = torch.randn(m, n, generator=g, dtype=torch.float64) * (torch.rand(m, n, generator=g) > 0.8) * keep
+    got_add, _ = xpert.sparsegpt_prune(W, H, None, keep=keep, add=add)
+    torch.testing.assert_close(got_add, obs_fixed_mask_reference(W, H, keep, add), rtol=1e-9, atol=1e-10)
+    own, own_keep = xpert.sparsegpt_prune(W, H, 0.4)
+    torch.testing.assert_close(xpert.sparsegpt_prune(W, H, 0.4, keep=own_keep)[0], own)
     err = lambda Wh: (((W - Wh) @ X.T) ** 2).sum()  # noqa: E731
     assert err(got) < err(W * keep)  # the update lowers the layer error of plain masking
-
-
-def test_final_update_sparsegpt_keeps_foresights_mask_and_lowers_the_layer_error():
-    """prune_event(final=True, pbs='sparsegpt', pbs_final=True) (train.py --final-update sparsegpt): exactly p-sparse, the kept weights moved; in block 0,
-    whose inputs both runs share, the same ForeSight mask as the plain final event and a better reconstruction of
-    the dense output (later blocks see the other run's block outputs, so their masks may differ)."""
-    model = xpert.add_lora(tiny_model(seed=8, dtype=torch.float64), rank=4)
-    randomize_adapters(model, seed=4)
-    twin = copy.deepcopy(model)
-    ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(1))
-    dense = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}
-    stats = block0_grams(model, ids)
-    xpert.prune_event(model, ids, 0.5, final=True, progress=False)
-    xpert.prune_event(twin, ids, 0.5, final=True, pbs="sparsegpt", pbs_final=True, progress=False)
-    for (n, a), (_, b) in zip(xpert.lora_layers(model), xpert.lora_layers(twin)):
-        assert int((~b.mask).sum()) == b.mask.numel() // 2, n
-        assert (b.weight[~b.mask] == 0).all() and not torch.equal(a.weight, b.weight), n
-        if n.startswith("model.layers.0."):
-            assert torch.equal(a.mask, b.mask), n
-            H, D = stats[n.split("layers.0.")[1]], dense[n]
-            err = lambda Wh: torch.trace((D - Wh) @ H @ (D - Wh).T)  # noqa: E731  ‖(D − Ŵ)Xᵀ‖²
-            assert err(b.weight) < err(a.weight), n
+    assert err(got_add) < err(W * keep + add)  # and compensates what enters
 
 
 def test_pbs_sparsegpt_event_is_sparsegpt_on_foresights_mask():
-    """pbs='sparsegpt' at a (non-final) event: block 0's folded weight is exactly sparsegpt_prune(U, XᵀX, keep=M)
+    """update='sparsegpt' at a (non-final) first event: block 0's folded weight is exactly sparsegpt_prune(U, XᵀX, keep=M)
     for the U the network computed and the mask ForeSight chose; exactly p-sparse; the adapter is reset."""
     model = xpert.add_lora(tiny_model(seed=9, dtype=torch.float64), rank=4)
     randomize_adapters(model, seed=5)
     ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(2))
-    U = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}  # mask all ones: U_net = U
+    U = {n: lin.U().clone() for n, lin in xpert.lora_layers(model)}  # mask all ones: U_net = U
     H = block0_grams(model, ids)
-    xpert.prune_event(model, ids, 0.5, pbs="sparsegpt", progress=False)
+    xpert.prune_event(model, ids, xpert.PruneConfig(0.5, update="sparsegpt"), progress=False)
     for n, lin in xpert.lora_layers(model):
         assert int((~lin.mask).sum()) == lin.mask.numel() // 2 and (lin.lora_B == 0).all(), n
         if n.startswith("model.layers.0."):
@@ -453,7 +447,7 @@ def test_oneshot_sparsity_and_wanda_lora(method, tmp_path):
 
 def _check_exact(model, p, group, nm):
     for name, lin in xpert.lora_layers(model):
-        W = lin.effective_weight()
+        W = lin.merged_weight()
         zeros = W == 0
         assert torch.equal(zeros, ~lin.mask), name  # the weights hold exactly the mask's zeros
         m, n = W.shape
@@ -466,8 +460,9 @@ def _check_exact(model, p, group, nm):
                 assert per.max() - per.min() <= 1
 
 
-@pytest.mark.parametrize("group,nm,pbs,a_init", [("out", None, "output", None), ("in", None, "diag", None),
-                                                 ("layer", None, "output", "pca"), ("out", (2, 4), None, None)])
+@pytest.mark.parametrize("group,nm,pbs,a_init", [("out", None, "output", "adapter"), ("in", None, "diag", "adapter"),
+                                                 ("layer", None, "output", "pca"), ("out", (2, 4), "none", "adapter"),
+                                                 ("out", None, "sparsegpt", "adapter")])
 def test_prune_event_random_gqa_model_exact_sparsity_and_merge(group, nm, pbs, a_init, tmp_path):
     model = tiny_model(seed=7)
     xpert.add_lora(model, rank=4)
@@ -475,17 +470,20 @@ def test_prune_event_random_gqa_model_exact_sparsity_and_merge(group, nm, pbs, a
     ids = torch.randint(0, 64, (5, 16), generator=torch.Generator().manual_seed(7))
     p = 0.4
     with phase_timer() as t:  # timed from outside (bench/timing.py): the method carries no timing code
-        state = xpert.prune_event(model, ids, p, group=group, nm=nm, pbs=pbs, a_init=a_init, batch_size=2, progress=False)
+        p = 0.5 if nm else p
+        cfg = xpert.PruneConfig(p, group=group, nm=nm, update=pbs, a_init=a_init, batch_size=2)
+        state = xpert.prune_event(model, ids, cfg, progress=False)
     assert state["events"] == 1 and min(t.values()) >= 0 and t["capture"] > 0 and t["scoring"] > 0
     assert t["total"] >= t["capture"] + t["scoring"] + t["pbs"] + t["fold"] - 1e-9  # disjoint spans of it
-    assert (t["pbs"] > 0) == (pbs is not None) and xpert.pbs_output.__name__ == "pbs_output"  # and unwrapped after
+    assert (t["pbs"] > 0) == (pbs in ("output", "diag")) and (t["prune"] > 0) == (pbs == "sparsegpt")
+    assert xpert.pbs_output.__name__ == "pbs_output" and xpert.FORESIGHT["eq2"] is xpert.consumer_energy  # unwrapped
     _check_exact(model, p, group, nm)
     assert no_hooks(model) and not model.training
     for _, lin in xpert.lora_layers(model):
         assert lin.lora_B.abs().max() == 0  # adapter reset
     assert torch.isfinite(model(ids)).all()
     rep = xpert.sparsity_report(model)
-    assert rep["zeros"] == sum(int((xpert.effective_weight(lin) == 0).sum()) for _, lin in xpert.lora_layers(model))
+    assert rep["zeros"] == sum(int((lin.merged_weight() == 0).sum()) for _, lin in xpert.lora_layers(model))
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("lora_A")}
     xpert.merge_lora(model)  # merge keeps exact sparsity: no densification
     for k, v in model.state_dict().items():
@@ -506,7 +504,8 @@ def test_prune_event_on_stories260K():
     model.train()
     ids = torch.randint(3, 512, (6, 32), generator=torch.Generator().manual_seed(0))
     p = 0.5
-    state = xpert.prune_event(model, ids, p, group="out", pbs="output", batch_size=4, progress=False)
+    cfg = xpert.PruneConfig(p, batch_size=4)
+    state = xpert.prune_event(model, ids, cfg, progress=False)
     _check_exact(model, p, "out", None)
     assert model.training and no_hooks(model)  # training mode restored, hooks gone
     rep = xpert.sparsity_report(model)
@@ -526,9 +525,9 @@ def test_prune_event_on_stories260K():
     randomize_adapters(model, seed=2, scale=0.02)  # "training" between events
     twin = copy.deepcopy(model)
     fresh = copy.deepcopy(model)
-    s2 = xpert.prune_event(model, ids, p, state=state, final=True, progress=False)
-    s2b = xpert.prune_event(twin, ids, p, state=loaded, final=True, progress=False)
-    s_new = xpert.prune_event(fresh, ids, p, state=None, final=True, progress=False)  # s_2 alone
+    s2 = xpert.prune_event(model, ids, cfg, state=state, final=True, progress=False)
+    s2b = xpert.prune_event(twin, ids, cfg, state=loaded, final=True, progress=False)
+    s_new = xpert.prune_event(fresh, ids, cfg, state=None, final=True, progress=False)  # s_2 alone
     assert s2["events"] == 2
     for k in first:  # score_2 = η·s_2 + (1−η)·score_1 with η = 0.5 — checked on block 0, whose inputs are the
         # embeddings in both runs: pruned weights now score s·B·A (PAPER.md §4.4), so `fresh` (s_2 alone) picks other
@@ -543,21 +542,15 @@ def test_prune_event_on_stories260K():
     assert all((~mk).sum(1).eq(mk.shape[1] // 2).all() for mk in masks)  # the mask stays exactly p
 
 
-@pytest.mark.parametrize("pbs", ["output", "diag"])
-def test_final_event_skips_pbs_unless_asked(pbs):
-    # PAPER.md §3: the final event is capture → scores → mask → fold without PBS, so the merged weight is
-    # exactly U ⊙ M; pbs_final=True keeps the PBS correction (and then W differs from U ⊙ M on kept weights)
-    for pbs_final in (False, True):
-        model = xpert.add_lora(tiny_model(seed=7), rank=4)
-        randomize_adapters(model, seed=3)
-        before = {n: lin.effective_weight().clone() for n, lin in xpert.lora_layers(model)}
-        ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
-        xpert.prune_event(model, ids, 0.5, pbs=pbs, final=True, pbs_final=pbs_final, progress=False)
-        for n, lin in xpert.lora_layers(model):
-            expect = before[n] * lin.mask
-            assert int((~lin.mask).sum()) == lin.mask.numel() // 2
-            if pbs_final:
-                assert not torch.allclose(lin.weight, expect), n  # the correction moved kept weights
-                assert (lin.weight[~lin.mask] == 0).all()
-            else:
-                assert torch.equal(lin.weight, expect), n
+@pytest.mark.parametrize("pbs", ["output", "diag", "sparsegpt"])
+def test_final_event_has_no_update(pbs):
+    # §3: the final event is capture → scores → mask → fold without an update, whatever the rule of
+    # the events before it, so the merged weight is exactly U ⊙ M
+    model = xpert.add_lora(tiny_model(seed=7), rank=4)
+    randomize_adapters(model, seed=3)
+    before = {n: lin.U().clone() for n, lin in xpert.lora_layers(model)}
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    xpert.prune_event(model, ids, xpert.PruneConfig(0.5, update=pbs), final=True, progress=False)
+    for n, lin in xpert.lora_layers(model):
+        assert int((~lin.mask).sum()) == lin.mask.numel() // 2
+        assert torch.equal(lin.weight, before[n] * lin.mask), n
