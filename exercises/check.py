@@ -28,6 +28,7 @@ The reference solutions live outside this package (exercises_solutions/) and are
 import importlib
 import importlib.util
 import itertools
+import copy
 import math
 import numbers
 import os
@@ -70,12 +71,14 @@ def expect(cond, msg):
 # Switched off while an answer runs: a wrapper around the function it is graded against proves nothing.
 
 LIBRARY = ("foresight_scores", "consumer_energy", "code_factors", "select_mask", "pbs_output", "pbs_diag",
-           "pca_A", "prune_event", "prune_oneshot", "sparsegpt_prune")
+           "pca_A", "prune_event", "prune_oneshot", "sparsegpt_prune", "update_output", "update_diag",
+           "update_sparsegpt", "ema")
 # the grader's own reference computations (defined below): calling them is the same shortcut
 REFERENCES = ("bruteforce_dz", "closed_form_mistakes", "ref_wanda_scores", "pruned_iou_ref", "expected_iou",
               "exact_chance_iou", "pbs_lstsq", "change_ref", "pbs_diag_lstsq", "consumer_bruteforce",
               "consumer_mistakes")
 G.switch_off(xpert, lambda: list(LIBRARY) + [n for n in G.private_functions(xpert) if n not in LIBRARY], "xpert")
+G.switch_off(xpert.MaskChange, ["whole_change"], "xpert.MaskChange")  # exercise 4's D
 G.switch_off(sys.modules[__name__], REFERENCES, "exercises.check")
 
 
@@ -559,6 +562,8 @@ def check_4_later(mod, log, g):
                  mistakes=change_mistakes(U, Mo, Mn))
     R = U * Mo * ~Mn
     dB = expect_pbs(mod, D, A, Mn, X, s, lam, "pbs_solve(block 1 down_proj, second event, D = R − Rev)")
+    expect_close(dB, xpert.pbs_output(D, A, Mn, H, s, lam, lam_relative=False), "pbs_solve(block 1 down_proj, second "
+                 "event) vs xpert.pbs_output", rtol=1e-4, atol=1e-12)
     dB_R = mod.pbs_solve(R, A, Mn, H, s, lam)
     before = U * Mo  # what the network computed until this event
 
@@ -783,7 +788,7 @@ def check_7(mod, log):
         dB = mod.pbs_diag_solve(U, A, M, gv, s, lam)
         expect_close(dB, pbs_diag_lstsq(U, A, M, gv, s, lam), f"pbs_diag_solve(random {m}×{n}, r={r}, s={s}, λ={lam}) "
                      "vs the per-row minimiser (lstsq)", rtol=1e-6, dtype=U.dtype)
-        expect_close(dB, xpert.pbs_diag(U, A, M, gv, s, lam, lam_relative=False), "pbs_diag_solve vs xpert.pbs_diag",
+        expect_close(dB, xpert.pbs_diag(U * ~M, A, gv, s, lam, lam_relative=False), "pbs_diag_solve vs xpert.pbs_diag",
                      rtol=1e-6)
     # "no loop over rows": 256 rows, an uneven mask, lines of Python counted
     m, n, r = 256, 24, 4
@@ -810,7 +815,7 @@ def check_7(mod, log):
         expect_close(dB, pbs_diag_lstsq(U, A, M, rms, s, lam), f"pbs_diag_solve(block {b} down_proj, r={r})", rtol=1e-5,
                      atol=1e-12, dtype=U.dtype)
         diag = C.rel_output_error((U + s * dB @ A) * M, U, X)
-        out = C.rel_output_error((U + s * xpert.pbs_output(U, A, M, H, s) @ A) * M, U, X)
+        out = C.rel_output_error((U + s * xpert.pbs_output(U * ~M, A, M, H, s) @ A) * M, U, X)
         expect(out < none, f"r={r}: the 'output' reading should beat no PBS on the calibration tokens")
         lines.append(f"  r={r:<3} diag (yours) {diag:.4f}   output (xpert.pbs_output) {out:.4f}")
     log(f"{C.tiny_model()[2]}, block {b} down_proj, 50% Wanda mask, relative output error on the calibration "
@@ -995,6 +1000,50 @@ def check_8(mod, log):
                      f"{(e[p].max() / e[p].min()).item():.3g}×)" for p in PROJECTIONS]
     log(f"{desc} ({cfg.num_attention_heads} query heads, {cfg.num_key_value_heads} KV heads): every block's table "
         f"equals the brute force and xpert.consumer_energy; block {real_block(1)}:\n" + "\n".join(lines))
+    check_8_adapted(mod, log, g)
+
+
+def adapted_model(g):
+    """A copy of the tiny model after one fold at 40% (random masks, W ⊙ M = W) and some adapter training (random
+    B·A at the scale of the weights): the state in which a later prune event reads its consumers."""
+    model = copy.deepcopy(C.tiny_model()[0])
+    xpert.add_lora(model, rank=4)
+    with torch.no_grad():
+        for _, lin in xpert.lora_layers(model):
+            keep = torch.rand(lin.mask.shape, generator=g) >= 0.4
+            lin.weight.mul_(keep)
+            lin.mask.copy_(keep)
+            lin.lora_B.copy_(torch.randn(lin.lora_B.shape, generator=g) * lin.weight.abs().mean() / 2)
+    return model
+
+
+def check_8_adapted(mod, log, g):
+    model, b = adapted_model(g), real_block(1)
+    cfg, layers = model.config, model.model.layers
+    nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
+    read = {"U": lambda lin: lin.U(), "masked": lambda lin: lin.merged_weight()}
+    tables = {}
+    for kind, weight_of in read.items():
+        U = {p: weight_of(xpert.get_sub(layers[b], p)).detach().double() for p in PROJECTIONS}
+        gm = layers[b].post_attention_layernorm.weight.detach().double()
+        if isinstance(nxt, tuple):
+            gn, readers = nxt[0].weight.detach().double(), [nxt[1].weight.detach().double()]
+        else:
+            gn = nxt.input_layernorm.weight.detach().double()
+            readers = [weight_of(xpert.get_sub(nxt, p)).detach().double() for p in PROJECTIONS[:3]]
+        if kind == "U":
+            tables[kind] = expect_table(mod, U, gm, gn, readers, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                        f"block {b} with adapters after a fold, unmasked U", g)[0]
+        else:
+            tables[kind] = mod.consumer_table(U, gm, gn, readers, cfg.num_attention_heads, cfg.num_key_value_heads)
+    lib = xpert.consumer_energy(layers[b], nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+    for p in PROJECTIONS:
+        expect_close(tables["U"][p], lib[p].detach().double(), f"consumer_table(block {b} with adapters)[{p!r}] vs "
+                     "xpert.consumer_energy (which reads the unmasked U = W + s·B·A)", rtol=1e-5)
+    off = {p: ((tables["masked"][p] - tables["U"][p]).abs() / tables["U"][p]).max().item() for p in PROJECTIONS}
+    log(f"block {b} with adapters after a 40% fold: your table on U = W + s·B·A equals xpert.consumer_energy; read "
+        "through (W + s·B·A) ⊙ M instead, e_j would be off by up to "
+        + ", ".join(f"{100 * off[p]:.0f}% ({p.split('.')[-1]})" for p in PROJECTIONS))
 
 
 CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7, 8: check_8}

@@ -27,7 +27,7 @@ Implement:
       D (m × n) the change to make up for, A (r × n), M (m × n) the new bool keep-mask, H (n × n), s the LoRA
       scale α/r, lam = λ (absolute, added as λ·I). A loop over rows is fine; torch.linalg.solve for the
       r × r system. Rows do not all prune the same number of weights: some prune none, some all. Write it
-      yourself: an answer that calls xpert.pbs_output fails.
+      yourself: an answer that calls xpert.pbs_output (or xpert.MaskChange.whole_change) fails.
 
 The checker compares every row with torch.linalg.lstsq on the least-squares problem the system comes
 from (first events and later ones), then on a real down_proj of a small LLaMA at 50% sparsity measures

@@ -30,7 +30,8 @@ Implement:
 The checker compares every entry with a brute force: for every output j of every projection it moves
 output j alone by 1 and measures the squared change of what its consumer computes. It does this on
 random GQA blocks (several head layouts), then on every block of a small real LLaMA (8 query heads,
-4 KV heads), where your table must also equal xpert.consumer_energy. Questions: why are q_proj's e_j
+4 KV heads), where your table must also equal xpert.consumer_energy, and on a block of it with
+adapters after a fold (W ⊙ M = W, B·A ≠ 0). Questions: why are q_proj's e_j
 equal in pairs of heads? Which e_j change when the next block is pruned? And why must the table read
 the unmasked U rather than (W + s·B·A) ⊙ M (PAPER.md §4.4 (1))?
 

@@ -252,7 +252,7 @@ def test_cli_grades_a_file_without_touching_the_reference(tmp_path, capsys, monk
     env = dict(os.environ, PYTHONPATH=ROOT)
     wrapper = tmp_path / "my_ex7.py"
     wrapper.write_text("from xpert import pbs_diag\n\n\ndef pbs_diag_solve(U, A, M, g, s, lam):\n"
-                       "    return pbs_diag(U, A, M, g, s, lam, lam_relative=False)\n")
+                       "    return pbs_diag(U * ~M, A, g, s, lam, lam_relative=False)\n")
     bad = subprocess.run([sys.executable, "-m", "exercises.check", "7", "--file", str(wrapper)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "calls xpert.pbs_diag" in bad.stdout, bad.stdout + bad.stderr

@@ -187,6 +187,10 @@ def wrong_4_ridge_in_place(D, A, M, H, s, lam):  # adds the ridge to the caller'
     return s4.pbs_solve(D, A, M, H, s, 0.0)
 
 
+def wrong_4_change_wrapper(U, M_old, M_new):  # the prune event's own D
+    return xpert.MaskChange(U, M_old, M_new).whole_change()
+
+
 def wrong_4_change_R_only(U, M_old, M_new):  # forgets the revived weights
     return U * M_old * ~M_new
 
@@ -263,7 +267,7 @@ def wrong_6_wrapper(scores, N, M):
 # ----------------------------------------------------------------------------- exercise 7
 
 def wrong_7_wrapper(U, A, M, g, s, lam):
-    return xpert.pbs_diag(U, A, M, g, s, lam, lam_relative=False)
+    return xpert.pbs_diag(U * ~M, A, g, s, lam, lam_relative=False)
 
 
 def wrong_7_row_loop(U, A, M, g, s, lam):  # right values, one solve per row
@@ -283,7 +287,7 @@ def wrong_7_grader_reference(U, A, M, g, s, lam):
 
 def wrong_7_wrapper_with_fallback(U, A, M, g, s, lam):  # calls the library and hides the failure
     try:
-        return xpert.pbs_diag(U, A, M, g, s, lam, lam_relative=False)
+        return xpert.pbs_diag(U * ~M, A, g, s, lam, lam_relative=False)
     except Exception:
         return s7.pbs_diag_solve(U, A, M, g, s, lam)
 
@@ -322,6 +326,23 @@ def wrong_8(slip):
     return types.SimpleNamespace(consumer_table=consumer_table)
 
 
+def wrong_8_wrapper(U, gm, gn, readers, n_head, n_kv):  # dresses the tensors up as modules for the library
+    def lin(W):
+        return types.SimpleNamespace(weight=W)
+    block = types.SimpleNamespace(self_attn=types.SimpleNamespace(**{p.split(".")[1]: lin(U[p]) for p in U
+                                                                     if p.startswith("self_attn")}),
+                                  mlp=types.SimpleNamespace(**{p.split(".")[1]: lin(U[p]) for p in U
+                                                               if p.startswith("mlp")}),
+                                  post_attention_layernorm=lin(gm))
+    if len(readers) == 1:
+        nxt = (lin(gn), lin(readers[0]))
+    else:
+        nxt = types.SimpleNamespace(input_layernorm=lin(gn), self_attn=types.SimpleNamespace(
+            q_proj=lin(readers[0]), k_proj=lin(readers[1]), v_proj=lin(readers[2])))
+    e = xpert.consumer_energy(block, nxt, n_head, n_kv, U["self_attn.q_proj"].shape[0] // n_head)
+    return {p: v.double() for p, v in e.items()}
+
+
 # (exercise, wrong answer, a distinctive part of the FAIL message that names the mistake)
 WRONG = {
     "1-rows-of-U2": (1, like(s1, foresight_closed_form=wrong_1_rows_of_U2), "rows of U2"),
@@ -355,6 +376,7 @@ WRONG = {
     "4-equal-counts": (4, like(s4, pbs_solve=wrong_4_equal_counts), "uneven rows"),
     "4-float32": (4, like(s4, pbs_solve=wrong_4_float32), "returned dtype torch.float32"),
     "4-ridge-in-place": (4, like(s4, pbs_solve=wrong_4_ridge_in_place), "changed its input H in place"),
+    "4-change-wrapper": (4, like(s4, whole_change=wrong_4_change_wrapper), "calls xpert.MaskChange.whole_change"),
     "4-change-R-only": (4, like(s4, whole_change=wrong_4_change_R_only), "R = U ⊙ M_old ⊙ (1 − M_new) alone"),
     "4-change-first-event": (4, like(s4, whole_change=wrong_4_change_first_event), "the first event's R"),
     "4-change-plus-revived": (4, like(s4, whole_change=wrong_4_change_plus_revived), "R + Rev"),
@@ -381,6 +403,7 @@ WRONG = {
     "8-down-no-gamma": (8, wrong_8("down-no-gamma"), "without the norm gain γ²"),
     "8-k-mean-not-sum": (8, wrong_8("k-mean"), "the mean of the rows of U_q"),
     "8-gate-rows-not-columns": (8, wrong_8("gate-rows"), "summing rows instead of columns"),
+    "8-wrapper": (8, types.SimpleNamespace(consumer_table=wrong_8_wrapper), "calls xpert.consumer_energy"),
     "8-in-place": (8, wrong_8("in-place"), "changed its input U['self_attn.o_proj'] in place"),
 }
 
