@@ -22,6 +22,11 @@ Three kinds of answers that look right on easy inputs are caught on purpose (iss
     fails with a message naming the call;
   - simulations and disguised formulas: chance_iou is held to 1e-7 of the exact value, and the
     brute force of exercise 1 is graded on non-linear consumers given as callables.
+And what a whole class writes (issue 22), through exercises/_guard.py: exit() or any BaseException
+other than Ctrl-C is a FAIL (exit code 1; `all` goes on); inputs are compared with a copy after every
+call; xpert's private helpers, the grader's references below (REFERENCES) and the solutions are off
+limits; every reference is computed after the answer ran; "no loop" is a count of Python lines;
+numbers are accepted in any type (a float32 tensor at float32's precision).
 The reference solutions live outside this package (exercises_solutions/) and are imported only with
 --solution.
 """
@@ -247,18 +252,27 @@ def check_1(mod, log):
     X, U, U2 = randn(40, 24, g=g) * randn(24, g=g).exp(), randn(16, 24, g=g), randn(12, 16, g=g)
     expect_close(mod.foresight_closed_form(X, U, U2), bruteforce_dz(X, U, linear(U2)),
                  "foresight_closed_form, random 16×24 layer", rtol=1e-9, mistakes=closed_form_mistakes(X, U, U2))
-    # "without any loop": a 64×96 layer read by 80 consumer rows, lines of Python counted
+    check_1_no_loop(mod, g)
+    log("random layers (a square consumer among them): both functions equal ‖ΔZ‖²_F recomputed from scratch for "
+        "every weight; the closed form runs no loop (64×96 layer)")
+    check_1_nonlinear(mod, log, g)
+    check_1_real(mod, log, g)
+
+
+def check_1_no_loop(mod, g):
+    """"Without any loop": a 64×96 layer read by 80 consumer rows, lines of Python counted."""
     X, U, U2 = randn(32, 96, g=g), randn(64, 96, g=g), randn(80, 64, g=g)
     cf, lines, codes = mod.traced("foresight_closed_form", X, U, U2)
     expect_no_loop(lines, codes, mod, "foresight_closed_form", "a 64×96 layer with an 80×64 consumer",
                    "foresight_bruteforce")
-    entries = [(int(j), int(c)) for j, c in zip(torch.randint(64, (20,), generator=g), torch.randint(96, (20,), generator=g))]
+    entries = [(int(j), int(c)) for j, c in zip(torch.randint(64, (20,), generator=g),
+                                                 torch.randint(96, (20,), generator=g))]
     expect_close(cf[tuple(zip(*entries))], bruteforce_dz(X, U, linear(U2), entries)[tuple(zip(*entries))],
                  "foresight_closed_form, random 64×96 layer (20 weights recomputed)", rtol=1e-9)
-    log("random layers (a square consumer among them): both functions equal ‖ΔZ‖²_F recomputed from scratch for "
-        "every weight; the closed form runs no loop (64×96 layer)")
 
-    # non-linear consumers: only a brute force that calls the consumer on the changed output gets them right
+
+def check_1_nonlinear(mod, log, g):
+    """Non-linear consumers: only a brute force that calls the consumer on the changed output gets them right."""
     N, n, m, k = 9, 6, 5, 7
     X, U, U2 = randn(N, n, g=g) * randn(n, g=g).exp(), randn(m, n, g=g), randn(k, m, g=g)
     gate = F.silu(randn(N, m, g=g))
@@ -273,6 +287,8 @@ def check_1(mod, log):
     log("non-linear consumers given as callables (tanh, a per-token SwiGLU-like gate): the brute force equals ‖ΔZ‖²_F "
         "recomputed from scratch")
 
+
+def check_1_real(mod, log, g):
     b = real_block(1)
     U, U2 = C.weight(b, "mlp.up_proj"), C.weight(b, "mlp.down_proj")
     X = C.layer_inputs("legal")[f"model.layers.{b}.mlp.up_proj"]
@@ -338,13 +354,18 @@ def check_2(mod, log):
     log("group_mask prunes exactly floor(p·size) of the lowest scores of every group (3 groups × 3 shapes × 4 "
         "sparsities, and integer scores with exact ties)")
 
+    check_2_claim(mod, log, g)
+
+
+def check_2_claim(mod, log, g):
+    """The claim, tested by counterexample on a real layer."""
     claim = mod.groups_where_e_is_inert()  # asked before the grader measures anything
     expect(isinstance(claim, (set, frozenset, list, tuple)) and all(isinstance(c, str) for c in claim),
            "groups_where_e_is_inert() should return a set of group names ('out', 'in', 'layer')")
     claim = set(claim)
     expect(claim <= set(UNIT), f"groups_where_e_is_inert() = {sorted(claim)}: the groups are 'out', 'in', 'layer'")
 
-    # the claim is tested by counterexample: positive per-row factors (the real e_j, random ones, a wide spread)
+    # positive per-row factors: the real e_j, random ones, a wide spread
     b = real_block(2)
     U = C.weight(b, "mlp.gate_proj")
     E = C.layer_inputs("legal")[f"model.layers.{b}.mlp.gate_proj"].pow(2).sum(0)
@@ -574,7 +595,8 @@ def check_4_later(mod, log, g):
            f"second event: making up for the whole change D must beat no PBS and R alone (it minimises the very "
            f"error measured here): {errs}")
     log(f"{C.tiny_model()[2]}, block 1 down_proj at a second event (r={A.shape[0]}): {int((Mo & ~Mn).sum())} weights "
-        f"pruned now, {int((~Mo & Mn).sum())} revived; relative output error on the calibration tokens after the fold:\n  "
+        f"pruned now, {int((~Mo & Mn).sum())} revived; relative output error on the calibration tokens after the "
+        "fold:\n  "
         + "   ".join(f"{k} {v:.4f}" for k, v in errs.items()))
 
 
@@ -652,7 +674,11 @@ def check_5(mod, log):
     expect(abs(as_number(mod.pruned_iou(full, some), "pruned_iou")[0]) < 1e-12,
            "pruned_iou(nothing pruned, one weight pruned) should be 0.0")
     log("pruned_iou equals a brute-force count (12 random cases + edge cases)")
+    check_chance_iou(mod, log)
+    check_5_real(mod, log)
 
+
+def check_chance_iou(mod, log):
     ps, got = (0.1, 0.25, 0.4, 0.5, 0.8), {}
     for p in ps:
         (v1, precision), v2 = as_number(mod.chance_iou(p), "chance_iou"), as_number(mod.chance_iou(p), "chance_iou")[0]
@@ -680,6 +706,8 @@ def check_5(mod, log):
     log("chance_iou equals the exact expected IoU (hypergeometric overlap, large-matrix limit) to 1e-7 at p = 0.1, "
         "0.25, 0.4, 0.5, 0.8")
 
+
+def check_5_real(mod, log):
     p = 0.4
     dom, gen_, test = C.layer_inputs("legal"), C.layer_inputs("general"), C.layer_inputs("legal", 8, 8)
     model, _, desc = C.tiny_model()
@@ -701,7 +729,8 @@ def check_5(mod, log):
             cost["general-calibrated"] += C.rel_output_error(W * mb, W, test[key]) / (7 * len(model.model.layers))
     general = "WikiText-2" if C.assets_dir() else "health text (WikiText-2 absent)"
     lines = [f"  {proj:17} mean IoU over blocks {sum(v) / len(v):.3f}" for proj, v in per_proj.items()]
-    log(f"{desc}: Wanda masks at p={p} calibrated on legal text vs {general} (chance {as_number(mod.chance_iou(p), 'chance_iou')[0]:.3f}):\n"
+    chance = as_number(mod.chance_iou(p), "chance_iou")[0]
+    log(f"{desc}: Wanda masks at p={p} calibrated on legal text vs {general} (chance {chance:.3f}):\n"
         + "\n".join(lines) + "\n  mean relative output error on held-out legal tokens (one-shot, each layer alone): "
         + ", ".join(f"{k} {v:.4f}" for k, v in cost.items()))
 
@@ -852,11 +881,9 @@ def consumers(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
 
     def next_in(y):  # the block output, through the next norm's γ, read by the next block (or lm_head)
         return torch.cat([R @ (gamma_next * y) for R in readers])
-    m = {p: U[p].shape[0] for p in PROJECTIONS}
-    return {"self_attn.q_proj": (m["self_attn.q_proj"], logits_of_q), "self_attn.k_proj": (m["self_attn.k_proj"], logits_of_k),
-            "self_attn.v_proj": (m["self_attn.v_proj"], heads_of_v), "self_attn.o_proj": (m["self_attn.o_proj"], mlp_in),
-            "mlp.gate_proj": (m["mlp.gate_proj"], down), "mlp.up_proj": (m["mlp.up_proj"], down),
-            "mlp.down_proj": (m["mlp.down_proj"], next_in)}
+    read_by = {"self_attn.q_proj": logits_of_q, "self_attn.k_proj": logits_of_k, "self_attn.v_proj": heads_of_v,
+               "self_attn.o_proj": mlp_in, "mlp.gate_proj": down, "mlp.up_proj": down, "mlp.down_proj": next_in}
+    return {p: (U[p].shape[0], Z) for p, Z in read_by.items()}
 
 
 def consumer_bruteforce(U, gamma_mlp, gamma_next, readers, n_head, n_kv, g):
@@ -873,6 +900,25 @@ def consumer_bruteforce(U, gamma_mlp, gamma_next, readers, n_head, n_kv, g):
     return out
 
 
+def kv_mistakes(per_head, what, n_kv, rep, why_group):
+    """The slips of a KV projection's e_j: per_head (n_head, hd) the energies its readers have per query head."""
+    n_head = n_kv * rep
+    of_group = torch.arange(n_head).view(n_kv, rep)  # the right heads of every group
+    strided = torch.arange(n_kv)[:, None] + n_kv * torch.arange(rep)[None, :]  # heads g, g + n_kv, ...
+
+    def kv_sum(idx):
+        return per_head[idx].sum(1).reshape(-1)
+    return [(per_head[:n_kv].reshape(-1), f"the {what} of query head g only: KV head g is read by every query "
+             "head of its group; sum over all n_head/n_kv of them (no repeat over the query heads of the group)"),
+            (kv_sum(of_group[:, :1]), f"the {what} of the first query head of each group only: sum over all "
+             "n_head/n_kv query heads of the group"),
+            (per_head[of_group].mean(1).reshape(-1), f"the mean of the {what} over the group's query heads (the "
+             "authors' RMS, xpert.code_factors): the table sums them"),
+            (kv_sum(strided), f"the {what} of heads g, g + n_kv, …: {why_group}"),
+            (kv_sum((of_group + 1) % n_head), f"the {what} of the group's heads shifted by one: the head index "
+             f"is off by one; {why_group}")]
+
+
 def consumer_mistakes(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
     """{proj: [(value, 'the mistake')]}: the usual slips, so that a FAIL can name them."""
     Uq, Uk, Uo = U["self_attn.q_proj"], U["self_attn.k_proj"], U["self_attn.o_proj"]
@@ -880,14 +926,9 @@ def consumer_mistakes(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
     q_rows, k_rows = Uq.pow(2).sum(1).view(n_head, hd), Uk.pow(2).sum(1).view(n_kv, hd)
     o_cols = Uo.pow(2).sum(0).view(n_head, hd)
     heads = torch.arange(n_head)
-    of_group = heads.view(n_kv, rep)  # the right heads of every group
 
     def q_reads(groups):
         return k_rows[groups].reshape(-1)
-
-    def kv_sum(per_head, idx):
-        return per_head[idx].sum(1).reshape(-1)
-    strided = torch.arange(n_kv)[:, None] + n_kv * torch.arange(rep)[None, :]  # heads g, g + n_kv, ...
     why_group = ("query head h belongs to KV group h // (n_head/n_kv): consecutive heads share a group, as "
                  "repeat_kv lays them out")
     out = {"self_attn.q_proj": [
@@ -900,16 +941,7 @@ def consumer_mistakes(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
          f"{why_group}")]}
     for proj, per_head, what in [("self_attn.k_proj", q_rows, "rows of U_q"), ("self_attn.v_proj", o_cols,
                                                                                "columns of U_o")]:
-        out[proj] = [
-            (per_head[:n_kv].reshape(-1), f"the {what} of query head g only: KV head g is read by every query "
-             "head of its group; sum over all n_head/n_kv of them (no repeat over the query heads of the group)"),
-            (kv_sum(per_head, of_group[:, :1]), f"the {what} of the first query head of each group only: sum "
-             "over all n_head/n_kv query heads of the group"),
-            (per_head[of_group].mean(1).reshape(-1), f"the mean of the {what} over the group's query heads (the "
-             "authors' RMS, xpert.code_factors): the table sums them"),
-            (kv_sum(per_head, strided), f"the {what} of heads g, g + n_kv, …: {why_group}"),
-            (kv_sum(per_head, (of_group + 1) % n_head), f"the {what} of the group's heads shifted by one: the "
-             f"head index is off by one; {why_group}")]
+        out[proj] = kv_mistakes(per_head, what, n_kv, rep, why_group)
     if Uo.shape[0] == Uo.shape[1]:  # a square o_proj: its rows broadcast where its columns belong
         out["self_attn.v_proj"].append((Uo.pow(2).sum(1).view(n_kv, rep, hd).sum(1).reshape(-1), "the energies of "
                                         "the ROWS of U_o: output j of v reaches o_proj's COLUMNS h·hd + t"))
