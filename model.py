@@ -1,5 +1,6 @@
 """
-A LLaMA written by hand, nanoGPT-style, that loads real Hugging Face weight folders.
+A LLaMA written by hand, nanoGPT-style, that loads real Hugging Face weight folders: Llama, Mistral
+(without a sliding window), Qwen2 (biases on q/k/v) and Qwen3 (RMSNorm on every query and key head).
 
 Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...) and RoPE is the
 rotate-half layout, so a checkpoint's state dict loads 1:1 with no renaming or permuting. GQA
@@ -39,7 +40,17 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     bos_token_id: Optional[int] = 1
     eos_token_id: Optional[object] = 2  # an int, or a list of ints (Llama 3)
-    model_type: str = "llama"
+    model_type: str = "llama"  # llama, mistral, qwen2 or qwen3: saved as is (transformers reads it)
+
+    # The two ways Qwen differs from LLaMA follow from model_type, as in transformers (no config
+    # key of their own), so a saved folder can never say one thing and hold another.
+    @property
+    def qkv_bias(self) -> bool:
+        return self.model_type == "qwen2"  # Qwen2/2.5: biases on q, k and v (never on o)
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.model_type == "qwen3"  # Qwen3: RMSNorm over head_dim on each query and key head
 
     def __post_init__(self):
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
@@ -58,8 +69,15 @@ class LlamaConfig:
     def to_dict(self) -> dict:
         """The Hugging Face config.json (legacy rope keys: every transformers version reads them)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(architectures=["LlamaForCausalLM"], hidden_act="silu", attention_bias=False, mlp_bias=False)
+        arch = ARCHITECTURES.get(self.model_type, "LlamaForCausalLM")
+        d.update(architectures=[arch], hidden_act="silu", mlp_bias=False)
+        if self.model_type != "qwen2":  # Qwen2Config has no such key: its q/k/v biases are implied
+            d["attention_bias"] = False
         return d
+
+
+# "architectures" of each family's folders (a mistral has always been saved as LlamaForCausalLM)
+ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 # -----------------------------------------------------------------------------
@@ -112,16 +130,22 @@ class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.n_head, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.hd, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=False)
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=False)
+        self.qk_norm = cfg.qk_norm
+        if self.qk_norm:  # Qwen3: one gain over head_dim shared by all heads (HF: q_norm, k_norm)
+            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        if self.qk_norm:  # every query and key head normalised over its hd dims, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)  # (B, H, T, hd), (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:  # cache = [k, v] of earlier positions, extended in place
@@ -255,7 +279,8 @@ class LLaMA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path=None, device="cpu", dtype=torch.float32) -> "LLaMA":
-        """Load a Hugging Face Llama folder, asserting every key and shape; no path = the default model."""
+        """Load a Hugging Face Llama/Mistral/Qwen2/Qwen3 folder, asserting every key and shape;
+        no path = the default model."""
         if path is None:
             from fileio.gguf_convert import default_model_dir  # SmolLM2-135M, converted from its GGUF once
             path = default_model_dir()

@@ -1,7 +1,7 @@
 """
 Turn a general pretrained LLaMA into a sparse domain expert in one LoRA run (EfficientXpert).
 
-    python train.py --preset tiny --domain legal     # stories260K (committed): the method in < 1 min
+    python train.py --preset tiny --domain legal     # stories260K (committed): < 1 min
     python train.py --domain legal                   # SmolLM2-135M, licence texts, 40% (~5 min CPU)
     python train.py --domain health --method lora    # the dense LoRA reference
     python train.py --model /path/to/Llama-2-7b-hf --domain legal --steps 2000 --seq-len 2048
@@ -11,7 +11,7 @@ The schedule is docs/paper.md §3: a dense LoRA phase, prune events at fractions
 the end of training and without PBS, leaves an exactly p-sparse merged model. The baselines (§6) use
 the same data, steps, rank and seed; METHODS says what each one does.
 
-Outputs (out/<run>/): the expert as a Hugging Face folder (loads in transformers unchanged), run.json
+Outputs (out/<run>/): the expert as a Hugging Face folder (transformers loads it unchanged), run.json
 (resolved config, metrics, measured sparsity, timings, peak memory) and train.log. While running,
 everything lives in out/<run>.partial/ (with the resume checkpoint): nothing half-written sits at
 out/<run>.
@@ -166,17 +166,15 @@ def train(args, cfg, log, rf):
     method = METHODS[args.method]
     model, tok, splits, calib, test_w = load_inputs(args, log)
     device = model.lm_head.weight.device
-    event_at = [min(args.steps, round(f * args.steps)) for f in args.events] if method.events else []
+    event_at = [min(args.steps, round(f * args.steps)) for f in args.events] * method.events
     log_plan(log, args, model, event_at, calib)
     torch.manual_seed(args.seed)
     resumed = args.resume and os.path.exists(os.path.join(rf.work, "ckpt.pt"))
     base = None if resumed else measure_base(model, test_w, args, (method, event_at, calib), log)
     masks, timings = None, []
     if method.prune_first and not resumed:  # Wanda→LoRA: masked LoRA then keeps the base's mask
-        t0 = time.time()
-        masks = xpert.prune_oneshot(model, calib, method.prune_first, args.sparsity, nm=args.nm)
-        timings.append({"event": f"{method.prune_first} (before LoRA)", "step": 0,
-                        "seconds": time.time() - t0})
+        masks, rec = one_shot(model, calib, method.prune_first, args, step=0)
+        timings.append(rec)
     xpert.add_lora(model, rank=args.rank, alpha=args.alpha, dropout=args.dropout, masks=masks)
     opt = torch.optim.AdamW(xpert.lora_parameters(model), lr=args.lr, weight_decay=0.0)
     step, k, ema_state, losses = 0, 0, None, []  # k: prune events done
@@ -188,11 +186,13 @@ def train(args, cfg, log, rf):
     batches = data.batches(splits.train, args.batch_size, args.seq_len, args.seed, start_step=step)
     model.train()
     t_train, due = time.time(), False  # due: a checkpoint is written at the next finite loss
-    with tqdm(total=args.steps, initial=step, desc=f"train {args.method}", dynamic_ncols=True) as bar:
+    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.method}", dynamic_ncols=True)
+    with bar:  # closed on errors too
         while step < args.steps:
             if k < len(event_at) and step >= event_at[k]:  # a prune event (§3)
-                ema_state = prune_event(model, calib, cfg, ema_state, (k, step, False), timings, log)
+                ema_state, rec = prune_event(model, calib, cfg, ema_state, (k, step, False), log)
                 forget_moments(opt, model, ema_state["changed"])
+                timings.append(rec)
                 k, due = k + 1, True
             x, y = next(batches)
             rng = rng_state()  # before the step's dropout draws: a checkpoint replays them
@@ -202,9 +202,9 @@ def train(args, cfg, log, rf):
             if not torch.isfinite(loss):
                 raise diverged(loss.item(), step, rf.work, model.lm_head.weight.dtype)
             if due:  # only now that this state gave a finite loss: never over the last good one
-                loop = dict(step=step, events_done=k, losses=losses, timings=timings, base=base,
-                            args=vars(args), corpus=splits.meta["corpus"])
-                save_checkpoint(rf.work, model, opt, ema_state, loop, rng)
+                loop = dict(step=step, events_done=k, losses=losses, timings=timings, base=base)
+                save_checkpoint(rf.work, model, opt, ema_state, {**loop, **keys(args, splits)},
+                                rng)
                 due = False
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -221,14 +221,13 @@ def train(args, cfg, log, rf):
     model.eval()
     while k < len(event_at):  # the final event (and any event scheduled at the very end)
         final = k == len(event_at) - 1
-        ema_state = prune_event(model, calib, cfg, ema_state, (k, step, final), timings, log)
+        ema_state, rec = prune_event(model, calib, cfg, ema_state, (k, step, final), log)
+        timings.append(rec)
         k += 1
     train_time = time.time() - t_train  # the loop with its prune events: the cost vs plain LoRA
     xpert.merge_lora(model)  # a plain model again, exactly as sparse as the last mask
     if method.prune_after:  # the paper's baselines: prune the merged LoRA model one-shot
-        t0 = time.time()
-        xpert.prune_oneshot(model, calib, method.prune_after, args.sparsity, nm=args.nm)
-        timings.append({"event": args.method, "step": step, "seconds": time.time() - t0})
+        timings.append(one_shot(model, calib, method.prune_after, args, step)[1])
     return model, tok, splits, dict(base=base, losses=losses, timings=timings,
                                     train_time_s=train_time)
 
@@ -236,19 +235,33 @@ def train(args, cfg, log, rf):
 RESUMED = ("step", "events_done", "state", "losses", "timings", "base")  # a checkpoint's loop state
 
 
-def prune_event(model, calib, cfg, ema_state, when, timings, log):
-    """xpert.prune_event, timed and logged; when = (events done before it, step, final)."""
+def keys(args, splits):
+    """What a checkpoint must match to be resumed: the options and the corpus."""
+    return {"args": vars(args), "corpus": splits.meta["corpus"]}
+
+
+def prune_event(model, calib, cfg, ema_state, when, log):
+    """xpert.prune_event, timed and logged; when = (events done before it, step, final).
+    Returns (the new EMA state, the event's record for run.json's timings)."""
     k, step, final = when
     t0 = time.time()
     ema_state = xpert.prune_event(model, calib, cfg, ema_state, final=final)
     changed = sum(ema_state["changed"].values())
     entries = sum(v.numel() for v in ema_state["scores"].values())
-    sec = time.time() - t0
-    timings.append({"event": k + 1, "step": step, "final": final, "seconds": sec,
-                    "changed": changed, "entries": entries})
+    rec = {"event": k + 1, "step": step, "final": final, "seconds": time.time() - t0,
+           "changed": changed, "entries": entries}
     log(f"prune event {k + 1} at step {step}{' (final)' if final else ''}: {changed} of {entries} "
-        f"mask entries changed, {sec:.1f}s")
-    return ema_state
+        f"mask entries changed, {rec['seconds']:.1f}s")
+    return ema_state, rec
+
+
+def one_shot(model, calib, how, args, step):
+    """A one-shot prune of the plain model (§6), timed: Wanda→LoRA's before, LoRA→X's after.
+    Returns (the keep masks, the record for run.json's timings)."""
+    t0 = time.time()
+    masks = xpert.prune_oneshot(model, calib, how, args.sparsity, nm=args.nm)
+    label = f"{how} (before LoRA)" if step == 0 else args.method
+    return masks, {"event": label, "step": step, "seconds": time.time() - t0}
 
 
 def forget_moments(opt, model, changed):
@@ -278,7 +291,8 @@ def load_inputs(args, log):
     name, calib_tokens = "calib", splits.calib
     if args.calib == "general":  # WikiText-2's calibration tenth, never the part scored
         if not os.path.exists(os.path.join(args.data_dir, data.WIKITEXT2_FILE)):
-            raise DataError(f"--calib general needs WikiText-2 in --data-dir ({data.WIKITEXT2_FILE})")
+            raise DataError(f"--calib general needs WikiText-2 in --data-dir "
+                            f"({data.WIKITEXT2_FILE})")
         name = "WikiText-2 calibration tenth"
         calib_tokens = torch.tensor(tok.encode(data.wikitext2_parts(args.data_dir)[1], bos=False))
     calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed, name=name)
@@ -337,7 +351,7 @@ def main(argv=None):
                 model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
                 max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
             result = record(args, run, metrics, report, time.time() - t_start)
-            rf.finish(model, result, log, summary_line(args, result))  # HF folder, run.json, publish
+            rf.finish(model, result, log, summary_line(args, result))  # folder, run.json, publish
         print(f"outputs: {args.out}/ (Hugging Face folder + run.json + train.log)")
         return 0
     except (UsageError, DataError, ModelError) as e:

@@ -14,7 +14,9 @@ class ModelError(Exception):
     """A problem with a model folder, reported to the user as one line (no traceback)."""
 
 
-LLAMA_COMPATIBLE = ("llama", "mistral")  # same tensors and maths (a mistral with a sliding window is refused)
+# LLaMA maths; what differs (a Mistral's window refused, Qwen's biases / q,k norms) is in model.py
+LLAMA_COMPATIBLE = ("llama", "mistral", "qwen2", "qwen3")
+QWEN = ("qwen2", "qwen3")  # their sliding-window layers are refused (check_qwen_layers)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
 
@@ -45,8 +47,9 @@ def check_config(d, where="config.json") -> dict:
     mt = d.get("model_type")
     if mt not in LLAMA_COMPATIBLE:
         raise ModelError(f"{where}: model_type {mt!r} is not LLaMA-compatible (supported: {', '.join(LLAMA_COMPATIBLE)})")
-    if d.get("attention_bias") or d.get("mlp_bias"):
-        raise ModelError(f"{where}: attention_bias/mlp_bias are not supported (LLaMA has no biases)")
+    if (d.get("attention_bias") and mt != "qwen2") or d.get("mlp_bias"):  # Qwen2 ignores the key
+        raise ModelError(f"{where}: attention_bias/mlp_bias are not supported "
+                         "(the only biases supported are Qwen2's on q/k/v)")
     if d.get("hidden_act", "silu") != "silu":
         raise ModelError(f"{where}: hidden_act {d['hidden_act']!r} is not supported (LLaMA uses silu)")
     d = dict(d)
@@ -62,6 +65,11 @@ def check_config(d, where="config.json") -> dict:
               "num_key_value_heads", "head_dim", "max_position_embeddings"):
         if d.get(k) is not None and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1):
             raise ModelError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
+    if mt in QWEN:
+        check_qwen_layers(d, where)
+        d.pop("sliding_window", None)  # no layer uses it (checked): not the Mistral check below
+    if mt == "qwen3":
+        d.setdefault("head_dim", 128)  # transformers' Qwen3Config default, not hidden // heads
     rs = d.get("rope_scaling")
     if rs is not None and not isinstance(rs, dict):
         raise ModelError(f"{where}: rope_scaling must be an object or null")
@@ -77,6 +85,26 @@ def check_config(d, where="config.json") -> dict:
         raise ModelError(f"{where}: sliding_window {sw} < max_position_embeddings {d.get('max_position_embeddings')} "
                          "is not supported (this LLaMA attends to the whole context)")
     return d
+
+
+def check_qwen_layers(d, where):
+    """ModelError unless every layer of a Qwen2/3 attends to the whole context. transformers' rule:
+    the kind of layer i is layer_types[i] when given, else sliding from max_window_layers on if
+    use_sliding_window (and a sliding_window is set)."""
+    n, types = d.get("num_hidden_layers", 32), d.get("layer_types")
+    if types is None:
+        window = bool(d.get("use_sliding_window")) and d.get("sliding_window") is not None
+        first = d.get("max_window_layers", 28)
+        if window and (not isinstance(first, int) or isinstance(first, bool)):
+            raise ModelError(f"{where}: max_window_layers must be an integer, got {first!r}")
+        types = ["sliding_attention" if window and i >= first else "full_attention"
+                 for i in range(n)]
+    if not isinstance(types, list) or len(types) != n:
+        raise ModelError(f"{where}: layer_types must be a list of {n} layer kinds (one per layer)")
+    bad = [i for i, t in enumerate(types) if t != "full_attention"]
+    if bad:
+        raise ModelError(f"{where}: layer {bad[0]} is {types[bad[0]]!r} ({len(bad)} of {n} "
+                         "layers): only full_attention is supported (sliding windows are not)")
 
 
 # -----------------------------------------------------------------------------
