@@ -565,6 +565,16 @@ def _next_reader(model, b):
     return layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
 
 
+def _update_A(lin, proj, stats, a_init, cache):
+    """The A of the update and of the new adapter (§5.3): the trained A, or the top-r eigenvectors
+    of H (q/k/v and gate/up share one H: one eigendecomposition for them, kept in cache)."""
+    if a_init != "pca":
+        return _f32(lin.lora_A)
+    if INPUT_OF[proj] not in cache:
+        cache[INPUT_OF[proj]] = pca_A(stats[proj].gram, lin.rank)
+    return cache[INPUT_OF[proj]]
+
+
 @torch.no_grad()
 def prune_event(model, calib_ids, cfg, state=None, final=False, progress=True):
     """One prune event (§3), block by block: capture → e_j → U → Eq. 2 → EMA → mask → update →
@@ -599,11 +609,7 @@ def prune_event(model, calib_ids, cfg, state=None, final=False, progress=True):
                 changed[layer_name(b, proj)] = int((ch.new != ch.old).sum())
                 if not changed[layer_name(b, proj)]:
                     continue  # the same mask: nothing to compensate, nothing to fold (§4.4 (1))
-                A = _f32(lin.lora_A)  # (r, n) the subspace of the update: the trained A, or
-                if cfg.a_init == "pca":  # §5.3 (q/k/v and gate/up share one H: one eigh)
-                    if INPUT_OF[proj] not in A_pca:
-                        A_pca[INPUT_OF[proj]] = pca_A(stats[proj].gram, lin.rank)
-                    A = A_pca[INPUT_OF[proj]]
+                A = _update_A(lin, proj, stats, cfg.a_init, A_pca)  # (r, n)
                 dU = update(ch, A, stats[proj], lin.scale, cfg.lam) if update else 0.0  # §5
                 lin.fold(ch.U + dU, ch.new, A if cfg.a_init == "pca" else None)  # §3
             del plan, stats  # nothing of block b outlives it (one block at a time)
