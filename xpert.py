@@ -181,7 +181,8 @@ class _MaskedLoRAFn(torch.autograd.Function):
 
 class LoRALinear(nn.Module):
     """Frozen W, mask M and LoRA adapter (B, A) (§2-3): plain LoRA while nothing is pruned, else
-    exactly y = x·((W + s·B·A) ⊙ M)ᵀ (_MaskedLoRAFn, no dropout). Requires W ⊙ M = W."""
+    exactly y = x·((W + s·B·A) ⊙ M)ᵀ (_MaskedLoRAFn, no dropout). Requires W ⊙ M = W. A bias
+    (Qwen2's q/k/v) stays frozen and is never masked: U, the mask and the fold are weights only."""
 
     def __init__(self, base: nn.Linear, rank=8, alpha=16, dropout=0.05, mask=None):
         super().__init__()
@@ -189,6 +190,8 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features, self.rank = n, m, rank
         self.scale = alpha / rank  # s = α/r
         self.weight = base.weight.requires_grad_(False)  # same Parameter: the key stays "...weight"
+        bias = None if base.bias is None else base.bias.requires_grad_(False)
+        self.register_parameter("bias", bias)  # None, or the same Parameter: "...bias" stays
         dev, dt = self.weight.device, _f32(self.weight).dtype  # adapters: float32 (or float64)
         mask = torch.ones(m, n, dtype=torch.bool) if mask is None else mask
         mask = mask.to(dev, torch.bool)
@@ -229,11 +232,12 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         if self.pruned():  # masked LoRA, exact, one matmul, no adapter dropout
             A, B = self.lora_A, self.lora_B
-            return _MaskedLoRAFn.apply(x, self.weight, A, B, self.mask, self.scale)
+            y = _MaskedLoRAFn.apply(x, self.weight, A, B, self.mask, self.scale)  # (..., m)
+            return y if self.bias is None else y + self.bias  # frozen: no gradient to form
         # plain LoRA: base in x's dtype, the adapter path in the adapter dtype, summed in place
         xa = self.dropout(x.to(self.lora_A.dtype))  # (..., n)
         lora = F.linear(F.linear(xa, self.lora_A), self.lora_B)  # (..., m)
-        return F.linear(x, self.weight).add_(lora, alpha=self.scale)
+        return F.linear(x, self.weight, self.bias).add_(lora, alpha=self.scale)
 
     @torch.no_grad()
     def fold(self, U=None, keep=None, A=None):
@@ -249,7 +253,8 @@ class LoRALinear(nn.Module):
     def extra_repr(self):
         dt = str(self.lora_A.dtype).replace("torch.", "")
         return (f"in={self.in_features}, out={self.out_features}, r={self.rank}, s={self.scale:g}, "
-                f"adapter={dt}, kept={self.mask.float().mean().item():.3f}")
+                f"adapter={dt}, bias={self.bias is not None}, "
+                f"kept={self.mask.float().mean().item():.3f}")
 
 
 def lora_layers(model):
@@ -282,12 +287,15 @@ def lora_parameters(model):
 
 @torch.no_grad()
 def merge_lora(model):
-    """Fold every adapter and put plain nn.Linear back (the same weight Parameter); the sparsity
-    stays exact."""
+    """Fold every adapter and put plain nn.Linear back (the same weight and bias Parameters); the
+    sparsity stays exact."""
     for name, mod in lora_layers(model):
         mod.fold()
-        lin = nn.Linear(mod.in_features, mod.out_features, bias=False, device="meta")
+        lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                        device="meta")
         lin.weight = mod.weight
+        if mod.bias is not None:
+            lin.bias = mod.bias
         set_sub(model, name, lin)
     return model
 
@@ -322,9 +330,17 @@ def consumer_energy(block, nxt, n_head, n_kv, head_dim):
     q_rows = U["q_proj"].pow(2).sum(1).view(n_head, head_dim)  # ‖U_q[h·hd+d, :]‖²
     k_rows = U["k_proj"].pow(2).sum(1).view(n_kv, head_dim)  # ‖U_k[g·hd+d, :]‖²
     o_cols = U["o_proj"].pow(2).sum(0).view(n_head, head_dim)  # ‖U_o[:, h·hd+d]‖²
+    e_q = k_rows.repeat_interleave(rep, 0)  # (n_head, hd) k of the same group
+    e_k = q_rows.view(n_kv, rep, head_dim).sum(1)  # (n_kv, hd) Σ q heads in g
+    attn = block.self_attn
+    if attn.qk_norm:  # Qwen3: q, k read through RMSNorm over hd: gains γ, 1/ρ² (docs/paper.md §4.2)
+        gg = (_f32(attn.q_norm.weight) * _f32(attn.k_norm.weight)).pow(2)  # (hd,) (γ_q·γ_k)²
+        rho_q = q_rows.mean(1, keepdim=True).clamp_min(1e-30)  # (n_head, 1) ρ² = ‖U_q,h‖²_F / hd
+        rho_k = k_rows.mean(1, keepdim=True).clamp_min(1e-30)  # (n_kv, 1) (clamp: a zero head)
+        e_q = gg * e_q / (rho_q * rho_k.repeat_interleave(rep, 0))
+        e_k = gg * (q_rows / rho_q).view(n_kv, rep, head_dim).sum(1) / rho_k
     gamma2 = _f32(block.post_attention_layernorm.weight).pow(2)
-    e = {"self_attn.q_proj": k_rows.repeat_interleave(rep, 0).reshape(-1),  # k of the same group
-         "self_attn.k_proj": q_rows.view(n_kv, rep, head_dim).sum(1).reshape(-1),  # Σ q heads in g
+    e = {"self_attn.q_proj": e_q.reshape(-1), "self_attn.k_proj": e_k.reshape(-1),
          "self_attn.v_proj": o_cols.view(n_kv, rep, head_dim).sum(1).reshape(-1),  # o of heads in g
          "self_attn.o_proj": gamma2 * (U["gate_proj"].pow(2).sum(0) + U["up_proj"].pow(2).sum(0))}
     e["mlp.gate_proj"] = e["mlp.up_proj"] = U["down_proj"].pow(2).sum(0)  # down_proj column j
