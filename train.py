@@ -5,6 +5,7 @@ Turn a general pretrained LLaMA into a sparse domain expert in one LoRA run (Eff
     python train.py --domain legal                   # SmolLM2-135M, licence texts, 40% (~5 min CPU)
     python train.py --domain health --method lora    # the dense LoRA reference
     python train.py --model /path/to/Llama-2-7b-hf --domain legal --steps 2000 --seq-len 2048
+    torchrun --standalone --nproc_per_node=4 train.py --domain legal   # data parallel, same result
 
 The schedule is docs/paper.md §3: a dense LoRA phase, prune events at fractions of training
 (`--events`), each one capture -> ForeSight scores (EMA) -> mask -> PBS -> fold; the last event, at
@@ -17,13 +18,17 @@ everything lives in out/<run>.partial/ (with the resume checkpoint): nothing hal
 out/<run>.
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data
@@ -147,6 +152,14 @@ def resolve(args):
     except ValueError as e:
         field, msg = e.args
         raise UsageError(f"--{FLAGS.get(field, field).replace('_', '-')} {msg}")
+    env = torchrun_env()
+    for name in ("batch_size", "calib_samples") if env else ():  # equal shares: N-free results
+        if getattr(args, name) % env[1]:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} must be divisible "
+                             f"by the {env[1]} processes (each takes an equal share)")
+    if env and args.device.startswith("cuda:"):
+        raise UsageError(f"--device {args.device} under torchrun: each process takes the GPU of "
+                         "its LOCAL_RANK; give --device cuda")
     return args, cfg
 
 
@@ -160,33 +173,131 @@ def lr_at(step, args):
 
 
 # -----------------------------------------------------------------------------
+# data parallel: `torchrun --nproc_per_node=N train.py ...`, nanoGPT's way (docs/fsdp.md: bases that
+# do not fit one GPU). A plain `python train.py` creates no process group and runs none of this.
+
+class RanksDisagree(Exception):
+    """The ranks computed different masks: one line, exit 2 (main)."""
+
+
+def torchrun_env():
+    """(rank, world size, local rank) when torchrun started this process, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return tuple(int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    return None
+
+
+def join_process_group(args):
+    """Under torchrun: gloo between CPU processes, nccl between GPUs, one GPU a process."""
+    env = torchrun_env()
+    if env is not None:
+        if args.device == "cuda":
+            torch.cuda.set_device(env[2])  # "cuda" now means this process's own GPU
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+
+
+def rank_world():
+    """(this process's rank, number of processes): (0, 1) for a plain run."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def from_rank0(value):
+    """Rank 0's value (a picklable object) on every rank; a plain run's is its own."""
+    box = [value]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def global_mean(loss):
+    """The global batch's mean loss on every rank (equal shares: the mean of the ranks' means):
+    every rank logs it and takes the same decision on a non-finite one."""
+    if not dist.is_initialized():
+        return loss.detach()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
+class SliceDropout(torch.nn.Module):
+    """LoRA dropout on this rank's rows of the global batch with a one-process run's draws: every
+    rank draws the whole batch's mask (their RNGs stay equal) and keeps its rows, so the result
+    does not depend on N. Exact on the CPU, where nn.Dropout is x·bernoulli(1−p)/(1−p) over x's
+    shape; CUDA's fused dropout draws otherwise (there N > 1 drops other inputs than N = 1)."""
+
+    def __init__(self, p, rank, world):
+        super().__init__()
+        self.p, self.rank, self.world = p, rank, world
+
+    def forward(self, x):  # x (B/N, T, n)
+        if not self.training or self.p == 0:
+            return x
+        b = x.shape[0]
+        keep = x.new_empty((b * self.world, *x.shape[1:])).bernoulli_(1 - self.p)  # (B, T, n)
+        return x * keep[self.rank * b:(self.rank + 1) * b].div(1 - self.p)  # a copy: B/N rows kept
+
+
+def ranks_agree(masks, what):
+    """Every rank selected from the same all-reduced statistics and the same weights, so the masks
+    must be equal bit for bit; one checksum a matrix, compared across ranks, stops the run before
+    a rank trains another model (a nondeterministic kernel, a bug). uᵀ·M·v with fixed u, v in
+    [1, 2): a flipped entry moves it by at least 1, far above float64's rounding."""
+    if not dist.is_initialized():
+        return
+    mine = []
+    for m in masks.values():  # (rows, cols) bool
+        g = torch.Generator().manual_seed(m.numel())
+        u, v = (1 + torch.rand(k, generator=g, dtype=torch.float64).to(m.device) for k in m.shape)
+        mine.append((u @ m.double() @ v).item())
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    bad = sum(len(set(sums)) > 1 for sums in zip(*every))
+    if bad:
+        raise RanksDisagree(f"the {len(every)} processes disagree on {bad} of {len(mine)} masks "
+                            f"after {what}; stopped")
+
+
+# -----------------------------------------------------------------------------
 # the run (§3): base model -> [one-shot prune] -> LoRA steps with prune events -> final event
 
 def train(args, cfg, log, rf):
     method = METHODS[args.method]
+    rank, world = rank_world()  # (0, 1) without torchrun
     model, tok, splits, calib, test_w = load_inputs(args, log)
     device = model.lm_head.weight.device
     event_at = [min(args.steps, round(f * args.steps)) for f in args.events] * method.events
     log_plan(log, args, model, event_at, calib)
     torch.manual_seed(args.seed)
     resumed = args.resume and os.path.exists(os.path.join(rf.work, "ckpt.pt"))
-    base = None if resumed else measure_base(model, test_w, args, (method, event_at, calib), log)
+    base = None if resumed or rank else measure_base(model, test_w, args,
+                                                      (method, event_at, calib), log)
+    calib = calib.tensor_split(world)[rank]  # this rank's windows; the capture all-reduces its sums
     masks, timings = None, []
     if method.prune_first and not resumed:  # Wanda→LoRA: masked LoRA then keeps the base's mask
         masks, rec = one_shot(model, calib, method.prune_first, args, step=0)
         timings.append(rec)
     xpert.add_lora(model, rank=args.rank, alpha=args.alpha, dropout=args.dropout, masks=masks)
     opt = torch.optim.AdamW(xpert.lora_parameters(model), lr=args.lr, weight_decay=0.0)
+    net = model  # what the steps call: under torchrun, DDP averages the adapters' gradients
+    if dist.is_initialized():  # buffers (the masks) are not broadcast: every rank computes them
+        for _, lin in xpert.lora_layers(model) if world > 1 else ():
+            lin.dropout = SliceDropout(args.dropout, rank, world)
+        net = DistributedDataParallel(model, init_sync=False, forward_sync_buffers=False)
     step, k, ema_state, losses = 0, 0, None, []  # k: prune events done
     if resumed:  # the interrupted run's exact state, or a one-line refusal (other options, corpus)
+        if rank:  # after rank 0's load, which also deletes the killed attempt's stale event files
+            dist.barrier()
         ck = load_checkpoint(rf.work, model, device, vars(args), splits.meta["corpus"], log)
+        if rank == 0 and world > 1:
+            dist.barrier()
         step, k, ema_state, losses, timings, base = (ck[n] for n in RESUMED)
         opt.load_state_dict(ck["opt"])
 
     batches = data.batches(splits.train, args.batch_size, args.seq_len, args.seed, start_step=step)
     model.train()
     t_train, due = time.time(), False  # due: a checkpoint is written at the next finite loss
-    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.method}", dynamic_ncols=True)
+    bar = tqdm(total=args.steps, initial=step, desc=f"train {args.method}", dynamic_ncols=True,
+               disable=rank > 0)
     with bar:  # closed on errors too
         while step < args.steps:
             if k < len(event_at) and step >= event_at[k]:  # a prune event (§3)
@@ -194,25 +305,26 @@ def train(args, cfg, log, rf):
                 forget_moments(opt, model, ema_state["changed"])
                 timings.append(rec)
                 k, due = k + 1, True
-            x, y = next(batches)
+            x, y = (t.tensor_split(world)[rank] for t in next(batches))  # this rank's rows
             rng = rng_state()  # before the step's dropout draws: a checkpoint replays them
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args)
-            _, loss = model(x.to(device), targets=y.to(device))
-            if not torch.isfinite(loss):
-                raise diverged(loss.item(), step, rf.work, model.lm_head.weight.dtype)
-            if due:  # only now that this state gave a finite loss: never over the last good one
+            _, loss = net(x.to(device), targets=y.to(device))
+            mean = global_mean(loss)  # the global batch's (a plain run: the loss itself)
+            if not torch.isfinite(mean):
+                raise diverged(mean.item(), step, rf.work, model.lm_head.weight.dtype)
+            if due and rank == 0:  # only once this state gave a finite loss: never over the last
                 loop = dict(step=step, events_done=k, losses=losses, timings=timings, base=base)
                 save_checkpoint(rf.work, model, opt, ema_state, {**loop, **keys(args, splits)},
-                                rng)
-                due = False
+                                rng)  # good one; rank 0 writes for all (main)
+            due = False
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(xpert.lora_parameters(model), 1.0)
             opt.step()
             step += 1
-            losses.append(round(loss.item(), 5))
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            losses.append(round(mean.item(), 5))
+            bar.set_postfix(loss=f"{mean.item():.3f}")
             bar.update(1)
             due = due or bool(args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps)
     log(f"training done: loss first {losses[0] if losses else math.nan:.3f} -> last "
@@ -245,7 +357,9 @@ def prune_event(model, calib, cfg, ema_state, when, log):
     Returns (the new EMA state, the event's record for run.json's timings)."""
     k, step, final = when
     t0 = time.time()
-    ema_state = xpert.prune_event(model, calib, cfg, ema_state, final=final)
+    ema_state = xpert.prune_event(model, calib, cfg, ema_state, final=final,
+                                  progress=rank_world()[0] == 0)
+    ranks_agree({name: lin.mask for name, lin in xpert.lora_layers(model)}, f"prune event {k + 1}")
     changed = sum(ema_state["changed"].values())
     entries = sum(v.numel() for v in ema_state["scores"].values())
     rec = {"event": k + 1, "step": step, "final": final, "seconds": time.time() - t0,
@@ -260,6 +374,7 @@ def one_shot(model, calib, how, args, step):
     Returns (the keep masks, the record for run.json's timings)."""
     t0 = time.time()
     masks = xpert.prune_oneshot(model, calib, how, args.sparsity, nm=args.nm)
+    ranks_agree(masks, how)
     label = f"{how} (before LoRA)" if step == 0 else args.method
     return masks, {"event": label, "step": step, "seconds": time.time() - t0}
 
@@ -310,6 +425,10 @@ def log_plan(log, args, model, event_at, calib):
         f"{args.batch_size} × {args.seq_len} = {tokens:,} tokens | LoRA r={args.rank} "
         f"α={args.alpha:g} lr={args.lr:g} | events at steps {event_at} | calibration "
         f"{len(calib)}×{args.seq_len} ({args.calib})")
+    if dist.is_initialized():
+        n = dist.get_world_size()
+        log(f"data parallel: {n} processes ({dist.get_backend()}), each {args.batch_size // n} "
+            f"sequences of every batch and {len(calib) // n} calibration windows")
 
 
 def measure_base(model, test_w, args, plan, log):
@@ -320,6 +439,7 @@ def measure_base(model, test_w, args, plan, log):
     log(f"base model: domain test ppl {ppl:.3f} (seq_len {args.seq_len}, {n} windows)")
     method, event_at, calib = plan
     eta = eta_minutes(args, speed, len(event_at), len(calib), len(test_w), method)
+    eta /= rank_world()[1]  # N processes share the steps and the calibration (roughly)
     log(f"ETA ≈ {eta:.1f} min (from the base evaluation's forward speed)")
     return {"value": ppl, "split": f"{args.domain or 'data'} test", "seq_len": args.seq_len,
             "windows": n}
@@ -329,21 +449,34 @@ def measure_base(model, test_w, args, plan, log):
 # the command line
 
 def main(argv=None):
-    log = Log()
+    # Under torchrun, rank 0 alone writes (log, checkpoints, the HF folder, run.json) and evaluates:
+    # the ranks hold the same model, so one writer owns the run folder (its lock and atomic
+    # publish stay one process's), and evaluation, seconds next to training, needs no reduction.
+    # The other ranks leave after training: no barrier waits for rank 0's evaluation and save,
+    # which can outlast a process group's timeout (NCCL's: 10 min); torchrun waits for all.
+    rank0 = (torchrun_env() or (0,))[0] == 0
+    log = Log() if rank0 else (lambda *a: None)
     try:
         args, cfg = resolve(parse_args(argv))
         if args.model is not None:  # the model folder and the corpus: checked before any write
             read_config_dict(args.model)
         if args.data is not None:
             data.load_corpus(args.data)
-        with RunFolder(args.out, args.resume, args.overwrite) as rf:
-            if args.resume and rf.finished:  # killed after run.json (written last), before publish:
-                rf.publish()  # the result is all there, with or without the checkpoint beside it
-                print(f"outputs: {args.out}/ (published the finished run found in {rf.work})")
+        join_process_group(args)
+        peer = SimpleNamespace(work=args.out + ".partial", finished=False)  # reads rank 0's
+        with RunFolder(args.out, args.resume, args.overwrite) if rank0 else \
+                contextlib.nullcontext(peer) as rf:
+            if from_rank0(args.resume and rf.finished):  # killed after run.json (written last),
+                if rank0:  # before publish: the result is all there, checkpoint or not
+                    rf.publish()
+                    print(f"outputs: {args.out}/ (published the finished run found in {rf.work})")
                 return 0
-            log.file = open(os.path.join(rf.work, "train.log"), "a")
+            if rank0:
+                log.file = open(os.path.join(rf.work, "train.log"), "a")
             t_start = time.time()
             model, tok, splits, run = train(args, cfg, log, rf)
+            if not rank0:
+                return 0
             report = xpert.sparsity_report(model)
             log(f"measured sparsity of the adapted projections: {report['overall']:.4f}")
             log("expert:")
@@ -354,13 +487,17 @@ def main(argv=None):
             rf.finish(model, result, log, summary_line(args, result))  # folder, run.json, publish
         print(f"outputs: {args.out}/ (Hugging Face folder + run.json + train.log)")
         return 0
-    except (UsageError, DataError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UsageError, DataError, ModelError, RanksDisagree) as e:
+        if rank0:  # every rank stops on it, one speaks
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a folder made read-only: one line, the checkpoint stays
         print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}",
               file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def record(args, run, metrics, report, wall):
@@ -371,7 +508,8 @@ def record(args, run, metrics, report, wall):
             "sparsity": report, "timings": run["timings"], "losses": run["losses"],
             "wall_time_s": wall, "train_time_s": run["train_time_s"],
             "peak_memory_mb": peak_memory_mb(args.device),
-            "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process max RSS"}
+            "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process max RSS",
+            **({"processes": dist.get_world_size()} if dist.is_initialized() else {})}  # rank 0's
 
 
 def summary_line(args, result):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -120,6 +121,21 @@ class Capture:
         self.handles = []
         return False  # never swallow the exception
 
+    def all_reduce(self):
+        """Data parallel (train.py under torchrun): each rank captured its share of the calibration
+        windows; ‖X_c‖², XᵀX and the token counts are sums over tokens, so their sums over ranks are
+        the whole set's statistics, the same on every rank. In place, tensor by tensor: packing
+        them into one buffer would copy every Gram (docs/fsdp.md)."""
+        uniq = list(dict.fromkeys(self.stats.values()))  # four inputs feed the seven projections
+        for st in uniq:
+            for t in (st.energy, st.gram):
+                if t is not None:
+                    dist.all_reduce(t)
+        n = torch.tensor([st.n_tokens for st in uniq], device=uniq[0].energy.device)  # int64
+        dist.all_reduce(n)
+        for st, v in zip(uniq, n.tolist()):
+            st.n_tokens = v
+
 
 def sequential_blocks(model, calib_ids, batch_size=8, gram=False, desc=None):
     """Yields (b, block, stats) block by block (§3, sequential as in Wanda/SparseGPT): block b+1 is
@@ -135,6 +151,8 @@ def sequential_blocks(model, calib_ids, batch_size=8, gram=False, desc=None):
         with torch.no_grad(), Capture(block, gram) as cap:
             for x in xs:
                 block(x, cos, sin)
+        if dist.is_available() and dist.is_initialized():  # the block's statistics are complete
+            cap.all_reduce()
         yield b, block, cap.stats
         cap.stats.clear()  # free block b's energies and Grams before block b+1 forms its own
         with torch.no_grad():
