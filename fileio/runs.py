@@ -188,7 +188,7 @@ def check_eval_out(out, folders):
                              "evaluated; write the metrics elsewhere, e.g. --out metrics.json")
     if os.path.isdir(out):
         raise ModelError(f"--out {out} is a folder; give a file name, e.g. {os.path.join(out, 'metrics.json')}")
-    if os.path.exists(out) and not _is_metrics_file(out):
+    if os.path.exists(out) and os.path.getsize(out) and not _is_metrics_file(out):
         raise ModelError(f"--out {out} exists and is not an eval.py metrics file; choose another name or move it")
     existed = os.path.exists(out)
     open(out, "a").close()
@@ -509,6 +509,10 @@ class RunFolder:
             if f.startswith(".tmp-") or f.startswith(".old-"):  # a save interrupted on an earlier try
                 shutil.rmtree(os.path.join(self.work, f), ignore_errors=True)
         self.created = False  # from here the folder is a finished expert: never delete it on an error
+        why = not_ours(self.out, True) if os.path.lexists(self.out) else None
+        if why:  # files the user put at --out while the run was training are not replaced either
+            raise UsageError(f"{self.out} {why}: the finished run is kept in {self.work}; move those "
+                             "files, then publish it with --resume")
         publish_dir(self.work, self.out)
         for f in os.listdir(self.out):
             if f == "ckpt.pt" or f.startswith("event-") or f.endswith(".tmp"):

@@ -3,6 +3,7 @@ by a hash of the texts, the tokenizer and the split parameters, written atomical
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 from tqdm import tqdm
@@ -101,8 +102,13 @@ def save(folder, arrays, meta):
                 os.rmdir(folder)
             except OSError:
                 pass
-        raise DataError(f"token cache: cannot write {written[-1] if written else folder} ({e.strerror or e}); "
-                        "make room there or point XPERT_CACHE at a disk with space") from e
+        where = written[-1] if written else folder
+        try:
+            free = f"{shutil.disk_usage(os.path.dirname(where)).free / 2**20:.1f} MB free there"
+        except OSError:
+            free = "free space unknown"
+        raise DataError(f"token cache: cannot write {where} ({e.strerror or e}; {free}); make room "
+                        "or point XPERT_CACHE at a disk with space") from e
 
 
 def load(folder, splits):
