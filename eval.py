@@ -113,23 +113,25 @@ def corpus_of(config):
 
 
 def check_same_corpus(paths, report):
-    """--compare reads one run's ppl relative to another's: meaningless across corpora (other test splits)."""
+    """--compare reads a run's ppl relative to another's: meaningless across corpora."""
     corpora = {p: corpus_of(report.read_run(p)["config"]) for p in paths}
     if len(set(corpora.values())) > 1:
         seen = ", ".join(f"{os.path.basename(p.rstrip('/'))}: {c}" for p, c in corpora.items())
-        raise ModelError(f"--compare: these runs were trained on different corpora ({seen}), so their perplexities "
-                         "are on different test splits; compare the runs of one domain at a time")
+        raise ModelError(f"--compare: these runs were trained on different corpora ({seen}), so "
+                         "their perplexities are on different test splits; compare the runs of one "
+                         "domain at a time")
 
 
 def check_corpus(path, record, splits):
-    """A run's domain test split is re-made from its corpus: refused if the corpus is no longer the one it was
-    trained on (the split could then hold trained-on documents)."""
+    """A run's domain test split is re-made from its corpus: refused if the corpus is no longer the
+    one it was trained on (the split could then hold trained-on documents)."""
     if "corpus" not in record:  # a run.json from before the fingerprint
-        print(f"warning: {path}/run.json records no corpus fingerprint (an older train.py): the test split is "
-              "re-made from the corpus as it is now", file=sys.stderr)
+        print(f"warning: {path}/run.json records no corpus fingerprint (an older train.py): the "
+              "test split is re-made from the corpus as it is now", file=sys.stderr)
     elif record["corpus"] != splits.meta["corpus"]:
-        raise data.DataError(f"{splits.meta['name']}: the corpus changed since {path} was trained (its test split "
-                             "would hold other documents, perhaps trained-on ones); restore it as it was")
+        raise data.DataError(f"{splits.meta['name']}: the corpus changed since {path} was trained "
+                             "(its test split would hold other documents, perhaps trained-on "
+                             "ones); restore it as it was")
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a train.py run or any Llama folder; compare runs; mask overlap.",
@@ -179,7 +181,7 @@ def main(argv=None):
                 splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
                                       seed=run.get("seed", 0), max_docs=run.get("max_docs"),
                                       max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
-                if domain == run.get("domain"):  # the run's own corpus: its test split must be the held-out one
+                if domain == run.get("domain"):  # the run's own corpus: its test split held out?
                     check_corpus(path, record, splits)
             if args.prune:  # the one-shot baselines of PAPER.md §6 on this folder's weights, calibrated on the domain
                 if splits is None:
@@ -198,7 +200,7 @@ def main(argv=None):
                   "(zeros / weights of the 7 projections of every block)")
             results[path] = {"metrics": m, "sparsity": sp, **({"pruned": [args.prune, args.sparsity]} if args.prune else {})}
         if args.out:
-            write_json(args.out, results)  # atomic: a full disk leaves no empty or half metrics file
+            write_json(args.out, results)  # atomic: a full disk leaves no empty or half file
         return 0
     except (ModelError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -283,8 +283,9 @@ def main(argv=None):
             metrics = evaluation.evaluate(model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
                                           max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
             wall, mem = time.time() - t_start, peak_memory_mb(args.device)
-            result = {"config": vars(args), "corpus": splits.meta["corpus"],  # eval.py checks the corpus is unchanged
-                      "base": {"domain_test_ppl": run["base"]}, "metrics": metrics, "sparsity": report,
+            result = {"config": vars(args), "corpus": splits.meta["corpus"],  # eval.py compares it
+                      "base": {"domain_test_ppl": run["base"]}, "metrics": metrics,
+                      "sparsity": report,
                       "timings": run["timings"], "losses": run["losses"], "wall_time_s": wall,
                       "train_time_s": run["train_time_s"], "peak_memory_mb": mem,
                       "peak_memory_kind": "cuda max_memory_allocated" if args.device.startswith("cuda") else "process max RSS"}
@@ -301,7 +302,7 @@ def main(argv=None):
     except OSError as e:  # a full disk, a folder that became read-only: one line, the checkpoint stays
         print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: the checkpoint is kept (RunFolder), say so instead of a traceback
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoint is kept (RunFolder); say so, not a traceback
         from fileio.runs import interrupted
         print(interrupted(args and args.out), file=sys.stderr)
         return 130

@@ -87,9 +87,10 @@ def _number(v, integer=False):
 
 
 def check_config_types(d, rs, need, where):
-    """The values the maths uses must be JSON numbers of the right kind ("2" is a string, not a factor): a wrong
-    type or range is one line here, not a TypeError, an OverflowError or a NaN forward later."""
-    for k in need:  # a factor <= 0 divides the frequencies by zero or flips them: NaN or garbage from step 0
+    """The values the maths uses must be JSON numbers of the right kind ("2" is a string, not a
+    factor): a wrong type or range is one line here, not a TypeError, an OverflowError or a NaN
+    forward later."""
+    for k in need:  # a factor <= 0 divides frequencies by 0 or flips them: NaN or garbage at once
         if not _number(rs[k], k.startswith("original")) or rs[k] <= 0:
             raise ModelError(f"{where}: rope_scaling {k} must be a positive number, got {rs[k]!r}")
     sw = d.get("sliding_window")
@@ -99,8 +100,9 @@ def check_config_types(d, rs, need, where):
     for k in ("bos_token_id", "eos_token_id"):
         ids = d.get(k)
         for i in ids if isinstance(ids, list) and k == "eos_token_id" else [ids]:
-            if i is not None and (not _number(i, True) or i < 0 or (vocab is not None and i >= vocab)):
-                raise ModelError(f"{where}: {k} must be a token id in [0, vocab_size {vocab}) or null, got {ids!r}")
+            if i is not None and (not _number(i, True) or not 0 <= i < (vocab or math.inf)):
+                raise ModelError(f"{where}: {k} must be a token id in [0, vocab_size {vocab}) or "
+                                 f"null, got {ids!r}")
 
 
 # -----------------------------------------------------------------------------
@@ -168,13 +170,14 @@ def write_safetensors(file, tensors: dict):
 
 
 def read_bin(file) -> dict:
-    # a zip archive (torch >= 1.6) is mapped, not read; the legacy format (_use_new_zipfile_serialization=False)
-    # cannot be mapped and is read whole instead
+    # a zip archive (torch >= 1.6) is mapped, not read; the legacy format
+    # (_use_new_zipfile_serialization=False) cannot be mapped and is read whole instead
     legacy = os.path.isfile(file) and not zipfile.is_zipfile(file)
     try:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=not legacy)
     except Exception as e:
-        raise ModelError(f"{file}: cannot read ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ModelError(f"{file}: cannot read ({type(e).__name__}: {first})")
 
 
 def load_state_dict(path) -> dict:

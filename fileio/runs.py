@@ -51,7 +51,7 @@ def peak_memory_mb(device):
 # -----------------------------------------------------------------------------
 # options: every check before anything touches the disk
 
-# train.py's default --sparsity: the one value --nm may override without the user having asked for another
+# train.py's default --sparsity: the one value --nm may override without the user asking for another
 DEFAULT_SPARSITY = 0.4
 
 
@@ -68,9 +68,9 @@ def check_options(args, domains):
             assert 0 < n < m
         except Exception:
             raise UsageError(f"--nm must look like N:M with 0 < N < M (e.g. 2:4), got {args.nm!r}")
-        if args.sparsity not in (DEFAULT_SPARSITY, n / m):  # an explicit --sparsity that --nm would override
-            raise UsageError(f"--nm {n}:{m} prunes {n / m:g} of every weight group, not --sparsity {args.sparsity:g}: "
-                             "give one of the two")
+        if args.sparsity not in (DEFAULT_SPARSITY, n / m):  # an explicit --sparsity that --nm drops
+            raise UsageError(f"--nm {n}:{m} prunes {n / m:g} of every weight group, not --sparsity "
+                             f"{args.sparsity:g}: give one of the two")
         args.nm, args.sparsity = (n, m), n / m
     try:
         args.events = sorted(float(f) for f in str(args.events).split(","))
@@ -84,7 +84,7 @@ def check_options(args, domains):
     for name in ("eval_windows", "pubmedqa_n", "ckpt_every"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 0")
-    if args.seq_len < 2:  # a window predicts tokens 2..T from the ones before: one token predicts nothing
+    if args.seq_len < 2:  # a window predicts tokens 2..T from those before it: 1 predicts nothing
         raise UsageError(f"--seq-len must be at least 2, got {args.seq_len}")
     if not 0 <= args.seed < 2**64:  # what both numpy's and torch's generators accept
         raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
@@ -113,7 +113,7 @@ def check_options(args, domains):
         args.out = os.path.join("out", f"{tag}-{args.method}{sp}")
     if not args.out.strip():
         raise UsageError("--out is empty: give the run's folder, e.g. --out out/my-run")
-    args.out = os.path.normpath(args.out)  # "run/" or "run/." must not become a "run/..partial" work folder
+    args.out = os.path.normpath(args.out)  # "run/." must not give a "run/..partial" work folder
     if os.path.abspath(args.out) == "/":
         raise UsageError("--out / is not a run folder")
     check_out_apart(args.out, args.model)
@@ -121,10 +121,11 @@ def check_options(args, domains):
 
 
 def check_assets_env(error):
-    """$XPERT_ASSETS naming no folder is the same mistake as a missing --data-dir: an error, not "skipped" lines."""
+    """$XPERT_ASSETS naming no folder is a missing --data-dir: an error, not "skipped" lines."""
     env = os.environ.get("XPERT_ASSETS")
     if env and not os.path.isdir(env):
-        raise error(f"XPERT_ASSETS={env}: no such folder (the benchmark assets); point it at one or unset it")
+        raise error(f"XPERT_ASSETS={env}: no such folder (the benchmark assets); point it at "
+                    "one or unset it")
 
 
 def _inside(a, b):
@@ -134,19 +135,21 @@ def _inside(a, b):
 
 
 def check_out_apart(out, model):
-    """--out is replaced as a whole when the run is published: it may not be (or hold) the folder this
-    command runs in, nor be, hold or lie inside the model folder the run reads."""
+    """--out is replaced as a whole when the run is published: it may not be (or hold) the folder
+    this command runs in, nor be, hold or lie inside the model folder the run reads."""
     if _inside(os.getcwd(), out):
-        raise UsageError(f"--out {out} is the folder this command runs in (or holds it): publishing the run would "
-                         "replace it; give a new folder, e.g. --out out/my-run")
+        raise UsageError(f"--out {out} is the folder this command runs in (or holds it): "
+                         "publishing the run would replace it; give a new folder, e.g. "
+                         "--out out/run")
     if model is None:  # the default model, converted into the cache (fileio/gguf_convert.py)
         from fileio.gguf_convert import DEFAULT_MODEL
         model = paths.cache_dir(DEFAULT_MODEL)
     for o in (out, out + ".partial"):
-        if _inside(o, model) or _inside(model, o):
-            how = "is" if _inside(o, model) and _inside(model, o) else "lies inside" if _inside(o, model) else "holds"
-            raise UsageError(f"--out {o} {how} the --model folder {model}: the run would write over the model it "
-                             "reads; give another --out")
+        inside, holds = _inside(o, model), _inside(model, o)
+        if inside or holds:
+            how = "is" if inside and holds else "lies inside" if inside else "holds"
+            raise UsageError(f"--out {o} {how} the --model folder {model}: the run would write "
+                             "over the model it reads; give another --out")
 
 
 def check_eval_options(args):
@@ -162,12 +165,14 @@ def check_eval_options(args):
         return  # the options below do not apply to reading runs
     if args.prune and not (0 <= args.sparsity < 1):
         raise ModelError(f"--sparsity must be in [0, 1), got {args.sparsity}")
-    for name, low in (("seq_len", 2), ("windows", 0), ("pubmedqa_n", 0), ("batch_size", 1), ("calib_samples", 0)):
-        if getattr(args, name) is not None and getattr(args, name) < low:  # None: the run's own value
-            raise ModelError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    lows = {"seq_len": 2, "windows": 0, "pubmedqa_n": 0, "batch_size": 1, "calib_samples": 0}
+    for name, low in lows.items():
+        v = getattr(args, name)
+        if v is not None and v < low:  # None: the run's own value
+            raise ModelError(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
     if args.prune in ("wanda", "sparsegpt") and args.calib_samples < 1:
-        raise ModelError(f"--prune {args.prune} scores weights on calibration activations: --calib-samples must be "
-                         "at least 1 (or use --prune magnitude, which needs none)")
+        raise ModelError(f"--prune {args.prune} scores weights on calibration activations: "
+                         "--calib-samples must be at least 1 (--prune magnitude needs none)")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise ModelError(f"--data-dir {args.data_dir}: no such folder")
     if args.data_dir is None:
@@ -180,16 +185,19 @@ EVAL_FILES = ("run.json", "config.json", "model.safetensors", "train.log", *TOKE
 
 
 def check_eval_out(out, folders):
-    """eval.py --out: never a file of a folder being evaluated, never someone else's file, and writable now
-    (not after the whole evaluation)."""
+    """eval.py --out: never a file of a folder being evaluated, never someone else's file, and
+    writable now (not after the whole evaluation)."""
+    name = os.path.basename(out)
     for folder in folders:
-        if _inside(out, folder) and (os.path.exists(out) or os.path.basename(out) in EVAL_FILES):
-            raise ModelError(f"--out {out} would overwrite {os.path.basename(out)} of {folder}, which is being "
+        if _inside(out, folder) and (os.path.exists(out) or name in EVAL_FILES):
+            raise ModelError(f"--out {out} would overwrite {name} of {folder}, which is being "
                              "evaluated; write the metrics elsewhere, e.g. --out metrics.json")
     if os.path.isdir(out):
-        raise ModelError(f"--out {out} is a folder; give a file name, e.g. {os.path.join(out, 'metrics.json')}")
+        raise ModelError(f"--out {out} is a folder; give a file name, e.g. "
+                         f"{os.path.join(out, 'metrics.json')}")
     if os.path.exists(out) and os.path.getsize(out) and not _is_metrics_file(out):
-        raise ModelError(f"--out {out} exists and is not an eval.py metrics file; choose another name or move it")
+        raise ModelError(f"--out {out} exists and is not an eval.py metrics file; choose another "
+                         "name or move it")
     existed = os.path.exists(out)
     open(out, "a").close()
     if not existed:
@@ -197,17 +205,18 @@ def check_eval_out(out, folders):
 
 
 def _is_metrics_file(path):
-    """eval.py's own --out: {folder: {"metrics": ..., "sparsity": ...}} (replacing one loses nothing of the user's)."""
+    """eval.py's own --out, {folder: {"metrics": ..., ...}}: replacing one loses nothing."""
     try:
         with open(path, encoding="utf-8") as f:
             j = json.load(f)
-        return isinstance(j, dict) and all(isinstance(v, dict) and "metrics" in v for v in j.values())
+        return isinstance(j, dict) and all(isinstance(v, dict) and "metrics" in v
+                                           for v in j.values())
     except (OSError, ValueError):
         return False
 
 
 def write_json(path, obj):
-    """json.dump to path via a temporary file: a full disk leaves the old file (or none), never half of one."""
+    """json.dump via a temporary file: a full disk leaves the old file (or none), not half."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as f:
@@ -217,7 +226,8 @@ def write_json(path, obj):
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, OSError):
-            raise OSError(e.errno, f"{e.strerror or e}; nothing was written (a file that was there is kept)", path)
+            raise OSError(e.errno, f"{e.strerror or e}; nothing was written (a file that was "
+                                   "there is kept)", path)
         raise
 
 
@@ -273,13 +283,13 @@ def _save(obj, path):
     except BaseException as e:
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
-        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as a RuntimeError
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save: a full disk is a RuntimeError
             raise write_error(path, e) from e
         raise
 
 
 def write_error(path, e):
-    """A failed checkpoint write as one OSError line: how much room is left, what is kept, what to do."""
+    """A failed checkpoint write as one OSError line: the room left, what is kept, what to do."""
     work = os.path.dirname(path)
     try:
         free = f"{shutil.disk_usage(work).free / 2**20:.1f} MB free on its disk"
@@ -287,18 +297,21 @@ def write_error(path, e):
         free = "free space unknown"
     reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
     kept = "the previous checkpoint is kept: make room, then continue with --resume" \
-        if os.path.exists(os.path.join(work, "ckpt.pt")) else "no checkpoint was kept: make room, then run again"
+        if os.path.exists(os.path.join(work, "ckpt.pt")) else \
+        "no checkpoint was kept: make room, then run again"
     return OSError(getattr(e, "errno", None) or errno.EIO, f"{reason} ({free}); {kept}", path)
 
 
-MODEL_FILES = re.compile(r"config\.json|.+\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?|"
+MODEL_FILES = re.compile(r"config\.json|.+\.safetensors(\.index\.json)?|"
+                         r"pytorch_model.*\.bin(\.index\.json)?|"
                          r"tokenizer(\.json|\.model|_config\.json)")
-_hashes = {}  # (file, size, mtime) -> sha256: a model's files are hashed once per process, not at every checkpoint
+_hashes = {}  # (file, size, mtime) -> sha256: each file hashed once per process, not per checkpoint
 
 
 def model_files(folder):
-    """{file name: sha256} of what a model folder's weights, config and tokenizer are read from (None: no folder).
-    Recorded in the checkpoint like the corpus fingerprint: a resume on edited weights would mix two models."""
+    """{file name: sha256} of the files a model folder's weights, config and tokenizer come from
+    (None: no folder). Recorded in the checkpoint like the corpus fingerprint: a resume on edited
+    weights would mix two models (the old run's folded projections, the new embeddings)."""
     if folder is None or not os.path.isdir(folder):
         return None
     out = {}
@@ -330,8 +343,9 @@ def save_checkpoint(work, model, opt, ema_state, extra, rng=None):
                            (n.endswith(".weight") and n.replace(".weight", ".mask") in sd)}}, event_file)
     cpu_rng, cuda_rng = rng or rng_state()
     _save({"model": {n: v for n, v in model.state_dict().items() if "lora_" in n}, "opt": opt.state_dict(),
-           "rng": cpu_rng, "cuda_rng": cuda_rng, "model_files": model_files(getattr(model, "source_dir", None)),
-           **extra}, os.path.join(work, "ckpt.pt"))
+           "rng": cpu_rng, "cuda_rng": cuda_rng,
+           "model_files": model_files(getattr(model, "source_dir", None)), **extra},
+          os.path.join(work, "ckpt.pt"))
     for f in os.listdir(work):  # older event files: the checkpoint now points at event k
         if f.startswith("event-") and f != f"event-{k}.pt":
             os.remove(os.path.join(work, f))
@@ -350,9 +364,9 @@ def load_checkpoint(work, model, device, args, corpus, log):
     except Exception as e:  # truncated, or not ours
         raise UsageError(f"--resume: cannot read the checkpoint in {work} ({type(e).__name__}); "
                          "start again with --overwrite")
-    # where the run folder lives is not part of the computation: a moved folder (or another relative --out) resumes
-    changed = sorted(k for k, v in ck["args"].items() if k not in ("resume", "overwrite", "ckpt_every", "lr", "out")
-                     and args.get(k) != v)
+    # where the run folder lives is no part of the computation: a moved folder resumes
+    free = ("resume", "overwrite", "ckpt_every", "lr", "out")
+    changed = sorted(k for k, v in ck["args"].items() if k not in free and args.get(k) != v)
     if changed:
         raise UsageError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
     if ck["corpus"] != corpus:
@@ -375,16 +389,18 @@ def load_checkpoint(work, model, device, args, corpus, log):
 
 
 def check_model_files(recorded, folder):
-    """Refuse a resume whose model folder's files are not the ones the interrupted run started from."""
+    """Refuse a resume whose model folder's files are not those the interrupted run started from."""
     if recorded is None:  # a checkpoint from before the fingerprint: nothing to compare with
         return
     now = model_files(folder) or {}
     diff = sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
     if diff:
-        what = ", ".join(f"{n} {'changed' if n in now and n in recorded else 'added' if n in now else 'removed'}"
-                         for n in diff[:3])
-        raise UsageError(f"--resume: the model files in {folder} are not those the interrupted run started from "
-                         f"({what}); put the original files back, or start again with --overwrite")
+        how = {n: "removed" if n not in now else "added" if n not in recorded else "changed"
+               for n in diff}
+        what = ", ".join(f"{n} {how[n]}" for n in diff[:3])
+        raise UsageError(f"--resume: the model files in {folder} are not those the interrupted run "
+                         f"started from ({what}); put the original files back, or start again with "
+                         "--overwrite")
 
 
 def interrupted(out):
@@ -396,7 +412,8 @@ def interrupted(out):
         step = torch.load(ck, map_location="cpu", weights_only=False)["step"]
     except Exception:
         step = "?"
-    return f"interrupted at step {step} (the last checkpoint, kept in {out}.partial); continue with --resume"
+    return (f"interrupted at step {step} (the last checkpoint, kept in {out}.partial); "
+            "continue with --resume")
 
 
 # -----------------------------------------------------------------------------
@@ -407,15 +424,15 @@ def resumable(out):
     return any(os.path.exists(os.path.join(out + ".partial", f)) for f in ("ckpt.pt", "run.json"))
 
 
-# what train.py writes into a run folder (and its .partial): --overwrite may delete these and nothing else
-RUN_FILES = {"config.json", "model.safetensors", "run.json", "run.json.tmp", "train.log", "ckpt.pt", "ckpt.pt.tmp",
-             "expert", *TOKENIZER_FILES}
+# what train.py writes into a run folder (and its .partial): --overwrite may delete these alone
+RUN_FILES = {"config.json", "model.safetensors", "run.json", "run.json.tmp", "train.log", "ckpt.pt",
+             "ckpt.pt.tmp", "expert", *TOKENIZER_FILES}
 RUN_PATTERN = re.compile(r"event-\d+\.pt(\.tmp)?|\.(tmp|old)-.+")
 
 
 def not_ours(path, run):
-    """None if path is what train.py made (run=True: a published run with its run.json; False: a .partial),
-    else what is there instead, in words."""
+    """None if path is what train.py made (run=True: a published run with its run.json; False: a
+    .partial), else what is there instead, in words."""
     if os.path.islink(path):
         return "is a symbolic link"
     if not os.path.isdir(path):
@@ -485,12 +502,12 @@ class RunFolder:
             self.lock.close()
 
     def _check(self):
-        # --overwrite replaces only what train.py made: a published run, or a .partial of nothing but its files
+        # --overwrite replaces only what train.py made: a published run, a .partial of its files
         for path, run in ((self.out, True), (self.work, False)):
             why = not_ours(path, run) if os.path.lexists(path) and (run or self.overwrite) else None
             if why:
-                raise UsageError(f"{path} {why}: it is not a train.py run, and --overwrite replaces only one; "
-                                 "choose another --out (nothing was changed)")
+                raise UsageError(f"{path} {why}: it is not a train.py run, and --overwrite "
+                                 "replaces only one; choose another --out (nothing was changed)")
         if os.path.lexists(self.out) and not self.overwrite:
             raise UsageError(f"output folder {self.out} exists; pass --overwrite to replace it")
         if self.resume and not resumable(self.out):
@@ -510,9 +527,9 @@ class RunFolder:
                 shutil.rmtree(os.path.join(self.work, f), ignore_errors=True)
         self.created = False  # from here the folder is a finished expert: never delete it on an error
         why = not_ours(self.out, True) if os.path.lexists(self.out) else None
-        if why:  # files the user put at --out while the run was training are not replaced either
-            raise UsageError(f"{self.out} {why}: the finished run is kept in {self.work}; move those "
-                             "files, then publish it with --resume")
+        if why:  # files the user put at --out while the run trained are not replaced either
+            raise UsageError(f"{self.out} {why}: the finished run is kept in {self.work}; move "
+                             "those files, then publish it with --resume")
         publish_dir(self.work, self.out)
         for f in os.listdir(self.out):
             if f == "ckpt.pt" or f.startswith("event-") or f.endswith(".tmp"):

@@ -79,8 +79,8 @@ def _atomic_write(path, write):
 
 
 def save(folder, arrays, meta):
-    """Write the splits, then meta.json (which marks the folder complete). A failed write (a full disk) is one
-    DataError naming the file; what this call wrote is removed again, so a failure leaves no bytes behind."""
+    """Write the splits, then meta.json (which marks the folder complete). A failed write (a full
+    disk) is one DataError naming the file; what this call wrote is removed: nothing stays."""
     written = []
 
     def write_meta(tmp):
@@ -94,7 +94,7 @@ def save(folder, arrays, meta):
         written.append(os.path.join(folder, "meta.json"))
         _atomic_write(written[-1], write_meta)
     except OSError as e:  # numpy's tofile says only "N requested and M written"
-        if not os.path.exists(os.path.join(folder, "meta.json")):  # incomplete: nobody can use these files
+        if not os.path.exists(os.path.join(folder, "meta.json")):  # incomplete: of use to nobody
             for f in written[:-1]:
                 if os.path.exists(f):
                     os.remove(f)
