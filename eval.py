@@ -9,7 +9,6 @@ PubMedQA accuracy, and the sparsity of the saved weights. Every number is printe
     python eval.py <model folder> --domain legal --prune wanda --sparsity 0.4   # pruning alone, no training
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -20,7 +19,7 @@ from tqdm import tqdm
 import data
 import xpert
 from fileio import paths
-from fileio.runs import check_eval_options
+from fileio.runs import check_eval_options, write_json
 from model import LLaMA, ModelError, Tokenizer
 
 
@@ -109,6 +108,31 @@ def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_wi
 # -----------------------------------------------------------------------------
 # the command line (--compare and --mask-overlap: bench/report.py)
 
+def corpus_of(config):
+    return config.get("domain") or config.get("data")
+
+
+def check_same_corpus(paths, report):
+    """--compare reads a run's ppl relative to another's: meaningless across corpora."""
+    corpora = {p: corpus_of(report.read_run(p)["config"]) for p in paths}
+    if len(set(corpora.values())) > 1:
+        seen = ", ".join(f"{os.path.basename(p.rstrip('/'))}: {c}" for p, c in corpora.items())
+        raise ModelError(f"--compare: these runs were trained on different corpora ({seen}), so "
+                         "their perplexities are on different test splits; compare the runs of one "
+                         "domain at a time")
+
+
+def check_corpus(path, record, splits):
+    """A run's domain test split is re-made from its corpus: refused if the corpus is no longer the
+    one it was trained on (the split could then hold trained-on documents)."""
+    if "corpus" not in record:  # a run.json from before the fingerprint
+        print(f"warning: {path}/run.json records no corpus fingerprint (an older train.py): the "
+              "test split is re-made from the corpus as it is now", file=sys.stderr)
+    elif record["corpus"] != splits.meta["corpus"]:
+        raise data.DataError(f"{splits.meta['name']}: the corpus changed since {path} was trained "
+                             "(its test split would hold other documents, perhaps trained-on "
+                             "ones); restore it as it was")
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a train.py run or any Llama folder; compare runs; mask overlap.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -135,12 +159,15 @@ def main(argv=None):
         from bench import report
         check_eval_options(args)  # folders exist, --sparsity in [0, 1), --out writable: before any model loads
         if args.compare or args.mask_overlap:
+            if args.compare:
+                check_same_corpus(args.paths, report)
             print(report.compare(args.paths) if args.compare else report.mask_overlap(args.paths, args.png))
             return 0
         device, dtype = paths.device_dtype(args.device, args.dtype)
         results = {}
         for path in args.paths:
-            run = report.read_run(path)["config"] if os.path.exists(os.path.join(path, "run.json")) else {}
+            record = report.read_run(path) if os.path.exists(os.path.join(path, "run.json")) else {}
+            run = record.get("config", {})
             domain = args.domain or run.get("domain")
             seq_len = args.seq_len or run.get("seq_len", 256)  # the run's own settings: numbers comparable to run.json
             windows = args.windows if args.windows is not None else run.get("eval_windows", 32)
@@ -154,6 +181,8 @@ def main(argv=None):
                 splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
                                       seed=run.get("seed", 0), max_docs=run.get("max_docs"),
                                       max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
+                if domain == run.get("domain"):  # the run's own corpus: its test split held out?
+                    check_corpus(path, record, splits)
             if args.prune:  # the one-shot baselines of PAPER.md §6 on this folder's weights, calibrated on the domain
                 if splits is None:
                     raise ModelError("--prune needs a domain (--domain legal/health) for its calibration text")
@@ -171,8 +200,7 @@ def main(argv=None):
                   "(zeros / weights of the 7 projections of every block)")
             results[path] = {"metrics": m, "sparsity": sp, **({"pruned": [args.prune, args.sparsity]} if args.prune else {})}
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=2)
+            write_json(args.out, results)  # atomic: a full disk leaves no empty or half file
         return 0
     except (ModelError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

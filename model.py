@@ -328,6 +328,12 @@ def main(argv=None):
     try:
         if not (args.max_new_tokens >= 0 and 0 <= args.temperature < float("inf") and (args.top_k is None or args.top_k >= 1)):
             raise ValueError("--max-new-tokens and --temperature must be >= 0 and finite, --top-k >= 1")
+        try:  # bytes that are not UTF-8 arrive as lone surrogates (PEP 383): no tokenizer takes
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            byte = ord(args.prompt[e.start]) & 0xFF
+            raise ValueError(f"--prompt is not UTF-8 text (byte 0x{byte:02x} at character "
+                             f"{e.start}); pass it in UTF-8")
         from fileio.paths import device_dtype
         device, _ = device_dtype(args.device, args.dtype)
         model = LLaMA.from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))

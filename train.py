@@ -12,7 +12,7 @@ The schedule is docs/paper.md §3: a dense LoRA phase, prune events at fractions
 the end of training and without PBS, leaves an exactly p-sparse merged model. The baselines (§6) use
 the same data, steps, rank and seed; METHODS says what each one does.
 
-Outputs (out/<run>/): the expert as a Hugging Face folder (transformers loads it unchanged), run.json
+Outputs (out/<run>/): the expert as a Hugging Face folder (transformers loads it as it is), run.json
 (resolved config, metrics, measured sparsity, timings, peak memory) and train.log. While running,
 everything lives in out/<run>.partial/ (with the resume checkpoint): nothing half-written sits at
 out/<run>.
@@ -40,8 +40,8 @@ from fileio.hf import ModelError, read_config_dict
 from fileio.parallel import (RanksDisagree, SliceDropout, from_rank0, global_mean,
                             join_process_group, rank_world, ranks_agree, torchrun_env)
 from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, diverged,
-                         eta_minutes, load_checkpoint, peak_memory_mb, rng_state, save_checkpoint,
-                         warn_context)
+                         eta_minutes, interrupted, load_checkpoint, peak_memory_mb, rng_state,
+                         save_checkpoint, warn_context)
 from model import LLaMA, Tokenizer
 
 
@@ -372,7 +372,7 @@ def main(argv=None):
     # The other ranks leave after training: no barrier waits for rank 0's evaluation and save,
     # which can outlast a process group's timeout (NCCL's: 10 min); torchrun waits for all.
     rank0 = (torchrun_env() or (0,))[0] == 0
-    log = Log() if rank0 else (lambda *a: None)
+    log, args = Log() if rank0 else (lambda *a: None), None
     try:
         args, cfg = resolve(parse_args(argv))
         if args.model is not None:  # the model folder and the corpus: checked before any write
@@ -401,6 +401,7 @@ def main(argv=None):
                 model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
                 max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
             result = record(args, run, metrics, report, time.time() - t_start)
+            result["corpus"] = splits.meta["corpus"]  # eval.py refuses a corpus edited since
             rf.finish(model, result, log, summary_line(args, result))  # folder, run.json, publish
         print(f"outputs: {args.out}/ (Hugging Face folder + run.json + train.log)")
         return 0
@@ -412,6 +413,9 @@ def main(argv=None):
         print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}",
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoint is kept (RunFolder); say so, not a traceback
+        print(interrupted(args and args.out), file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

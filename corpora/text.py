@@ -111,6 +111,12 @@ def load_corpus(path):
                     raise DataError(f"corpus {path}: line {i} is not JSON ({e.msg})")
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                     raise DataError(f"corpus {path}: line {i} has no string field \"text\"")
+                try:  # JSON may escape half a UTF-16 pair ("\ud83d": an emoji cut in two): no text
+                    obj["text"].encode("utf-8")
+                except UnicodeEncodeError as e:
+                    bad = ord(obj["text"][e.start])
+                    raise DataError(f"corpus {path}: line {i} holds a lone surrogate \\u{bad:04x} "
+                                    "(half an emoji or other UTF-16 pair); fix or drop that line")
                 docs.append(obj["text"].replace("\r\n", "\n"))
         else:
             raise DataError(f"corpus {path}: unsupported file type (use .txt, .jsonl or a folder of .txt files)")

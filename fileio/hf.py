@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
 
 import torch
 
@@ -80,6 +81,7 @@ def check_config(d, where="config.json") -> dict:
             "linear": ("factor",)}.get(kind, ())
     if any(k not in rs for k in need):
         raise ModelError(f"{where}: rope_scaling of type {kind} needs {', '.join(k for k in need if k not in rs)}")
+    check_config_types(d, rs, need, where)
     sw = d.get("sliding_window")  # mistral: attention limited to a window, which this model does not do
     if sw is not None and d.get("use_sliding_window", True) and sw < d.get("max_position_embeddings", 2048):
         raise ModelError(f"{where}: sliding_window {sw} < max_position_embeddings {d.get('max_position_embeddings')} "
@@ -105,6 +107,30 @@ def check_qwen_layers(d, where):
     if bad:
         raise ModelError(f"{where}: layer {bad[0]} is {types[bad[0]]!r} ({len(bad)} of {n} "
                          "layers): only full_attention is supported (sliding windows are not)")
+
+
+def _number(v, integer=False):
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
+    return ok and not isinstance(v, bool)
+
+
+def check_config_types(d, rs, need, where):
+    """The values the maths uses must be JSON numbers of the right kind ("2" is a string, not a
+    factor): a wrong type or range is one line here, not a TypeError, an OverflowError or a NaN
+    forward later."""
+    for k in need:  # a factor <= 0 divides frequencies by 0 or flips them: NaN or garbage at once
+        if not _number(rs[k], k.startswith("original")) or rs[k] <= 0:
+            raise ModelError(f"{where}: rope_scaling {k} must be a positive number, got {rs[k]!r}")
+    sw = d.get("sliding_window")
+    if sw is not None and (not _number(sw, True) or sw < 1):
+        raise ModelError(f"{where}: sliding_window must be a positive integer or null, got {sw!r}")
+    vocab = d.get("vocab_size")
+    for k in ("bos_token_id", "eos_token_id"):
+        ids = d.get(k)
+        for i in ids if isinstance(ids, list) and k == "eos_token_id" else [ids]:
+            if i is not None and (not _number(i, True) or not 0 <= i < (vocab or math.inf)):
+                raise ModelError(f"{where}: {k} must be a token id in [0, vocab_size {vocab}) or "
+                                 f"null, got {ids!r}")
 
 
 # -----------------------------------------------------------------------------
@@ -172,10 +198,14 @@ def write_safetensors(file, tensors: dict):
 
 
 def read_bin(file) -> dict:
+    # a zip archive (torch >= 1.6) is mapped, not read; the legacy format
+    # (_use_new_zipfile_serialization=False) cannot be mapped and is read whole instead
+    legacy = os.path.isfile(file) and not zipfile.is_zipfile(file)
     try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=not legacy)
     except Exception as e:
-        raise ModelError(f"{file}: cannot read ({type(e).__name__}: {e})")
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ModelError(f"{file}: cannot read ({type(e).__name__}: {first})")
 
 
 def load_state_dict(path) -> dict:

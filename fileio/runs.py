@@ -5,10 +5,13 @@ Layout while a run is live:  out/<run>.partial/{train.log, ckpt.pt, event-<k>.pt
   ckpt.pt       adapters, optimizer, RNG, step, losses (small: written every --ckpt-every steps)
   event-<k>.pt  what prune event k changed: the folded base weights, masks and EMA scores (once per event)
 After the final save: out/<run>/{config.json, model.safetensors, tokenizer files, run.json, train.log}."""
+import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import sys
@@ -17,7 +20,7 @@ import torch
 
 from corpora import DataError
 from fileio import paths
-from fileio.hf import ModelError, publish_dir
+from fileio.hf import TOKENIZER_FILES, ModelError, publish_dir
 from model import PROJECTIONS
 
 
@@ -48,6 +51,10 @@ def peak_memory_mb(device):
 # -----------------------------------------------------------------------------
 # options: every check before anything touches the disk
 
+# train.py's default --sparsity: the one value --nm may override without the user asking for another
+DEFAULT_SPARSITY = 0.4
+
+
 def check_options(args, domains):
     if (args.domain is None) == (args.data is None):
         raise UsageError("give exactly one of --domain {legal,health} or --data PATH")
@@ -61,6 +68,9 @@ def check_options(args, domains):
             assert 0 < n < m
         except Exception:
             raise UsageError(f"--nm must look like N:M with 0 < N < M (e.g. 2:4), got {args.nm!r}")
+        if args.sparsity not in (DEFAULT_SPARSITY, n / m):  # an explicit --sparsity that --nm drops
+            raise UsageError(f"--nm {n}:{m} prunes {n / m:g} of every weight group, not --sparsity "
+                             f"{args.sparsity:g}: give one of the two")
         args.nm, args.sparsity = (n, m), n / m
     try:
         args.events = sorted(float(f) for f in str(args.events).split(","))
@@ -74,6 +84,10 @@ def check_options(args, domains):
     for name in ("eval_windows", "pubmedqa_n", "ckpt_every"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 0")
+    if args.seq_len < 2:  # a window predicts tokens 2..T from those before it: 1 predicts nothing
+        raise UsageError(f"--seq-len must be at least 2, got {args.seq_len}")
+    if not 0 <= args.seed < 2**64:  # what both numpy's and torch's generators accept
+        raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
     checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"), ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
               ("ema", 0 < args.ema <= 1, "in (0, 1]"), ("lr", 0 < args.lr < math.inf, "positive"),
               ("alpha", 0 < args.alpha < math.inf, "positive"), ("pbs_lambda", 0 <= args.pbs_lambda < math.inf, "at least 0"),
@@ -85,6 +99,7 @@ def check_options(args, domains):
             raise UsageError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such folder (the benchmark assets)")
+    check_assets_env(UsageError)
     try:
         args.device, args.dtype = paths.device_dtype(args.device, args.dtype)
     except ValueError as e:
@@ -96,10 +111,45 @@ def check_options(args, domains):
         tag = args.domain or os.path.splitext(os.path.basename(args.data.rstrip("/")))[0]
         sp = f"-nm{args.nm[0]}{args.nm[1]}" if args.nm else ("" if args.method == "lora" else f"-s{args.sparsity:g}")
         args.out = os.path.join("out", f"{tag}-{args.method}{sp}")
-    args.out = args.out.rstrip("/") or "/"
+    if not args.out.strip():
+        raise UsageError("--out is empty: give the run's folder, e.g. --out out/my-run")
+    args.out = os.path.normpath(args.out)  # "run/." must not give a "run/..partial" work folder
     if os.path.abspath(args.out) == "/":
         raise UsageError("--out / is not a run folder")
+    check_out_apart(args.out, args.model)
     return args
+
+
+def check_assets_env(error):
+    """$XPERT_ASSETS naming no folder is a missing --data-dir: an error, not "skipped" lines."""
+    env = os.environ.get("XPERT_ASSETS")
+    if env and not os.path.isdir(env):
+        raise error(f"XPERT_ASSETS={env}: no such folder (the benchmark assets); point it at "
+                    "one or unset it")
+
+
+def _inside(a, b):
+    """Whether path a is b or lies inside it (real paths: links and '..' resolved)."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+
+def check_out_apart(out, model):
+    """--out is replaced as a whole when the run is published: it may not be (or hold) the folder
+    this command runs in, nor be, hold or lie inside the model folder the run reads."""
+    if _inside(os.getcwd(), out):
+        raise UsageError(f"--out {out} is the folder this command runs in (or holds it): "
+                         "publishing the run would replace it; give a new folder, e.g. "
+                         "--out out/run")
+    if model is None:  # the default model, converted into the cache (fileio/gguf_convert.py)
+        from fileio.gguf_convert import DEFAULT_MODEL
+        model = paths.cache_dir(DEFAULT_MODEL)
+    for o in (out, out + ".partial"):
+        inside, holds = _inside(o, model), _inside(model, o)
+        if inside or holds:
+            how = "is" if inside and holds else "lies inside" if inside else "holds"
+            raise UsageError(f"--out {o} {how} the --model folder {model}: the run would write "
+                             "over the model it reads; give another --out")
 
 
 def check_eval_options(args):
@@ -115,13 +165,70 @@ def check_eval_options(args):
         return  # the options below do not apply to reading runs
     if args.prune and not (0 <= args.sparsity < 1):
         raise ModelError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    lows = {"seq_len": 2, "windows": 0, "pubmedqa_n": 0, "batch_size": 1, "calib_samples": 0}
+    for name, low in lows.items():
+        v = getattr(args, name)
+        if v is not None and v < low:  # None: the run's own value
+            raise ModelError(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
+    if args.prune in ("wanda", "sparsegpt") and args.calib_samples < 1:
+        raise ModelError(f"--prune {args.prune} scores weights on calibration activations: "
+                         "--calib-samples must be at least 1 (--prune magnitude needs none)")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise ModelError(f"--data-dir {args.data_dir}: no such folder")
-    if args.out:  # an unwritable --out fails now, not after the whole evaluation
-        existed = os.path.exists(args.out)
-        open(args.out, "a").close()
-        if not existed:
-            os.remove(args.out)
+    if args.data_dir is None:
+        check_assets_env(ModelError)
+    if args.out:
+        check_eval_out(args.out, args.paths)
+
+
+EVAL_FILES = ("run.json", "config.json", "model.safetensors", "train.log", *TOKENIZER_FILES)
+
+
+def check_eval_out(out, folders):
+    """eval.py --out: never a file of a folder being evaluated, never someone else's file, and
+    writable now (not after the whole evaluation)."""
+    name = os.path.basename(out)
+    for folder in folders:
+        if _inside(out, folder) and (os.path.exists(out) or name in EVAL_FILES):
+            raise ModelError(f"--out {out} would overwrite {name} of {folder}, which is being "
+                             "evaluated; write the metrics elsewhere, e.g. --out metrics.json")
+    if os.path.isdir(out):
+        raise ModelError(f"--out {out} is a folder; give a file name, e.g. "
+                         f"{os.path.join(out, 'metrics.json')}")
+    if os.path.exists(out) and os.path.getsize(out) and not _is_metrics_file(out):
+        raise ModelError(f"--out {out} exists and is not an eval.py metrics file; choose another "
+                         "name or move it")
+    existed = os.path.exists(out)
+    open(out, "a").close()
+    if not existed:
+        os.remove(out)
+
+
+def _is_metrics_file(path):
+    """eval.py's own --out, {folder: {"metrics": ..., ...}}: replacing one loses nothing."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            j = json.load(f)
+        return isinstance(j, dict) and all(isinstance(v, dict) and "metrics" in v
+                                           for v in j.values())
+    except (OSError, ValueError):
+        return False
+
+
+def write_json(path, obj):
+    """json.dump via a temporary file: a full disk leaves the old file (or none), not half."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"{e.strerror or e}; nothing was written (a file that was "
+                                   "there is kept)", path)
+        raise
 
 
 def eta_minutes(args, fwd_tok_s, n_events, n_calib, n_test, method):
@@ -173,10 +280,55 @@ def _save(obj, path):
     try:
         torch.save(obj, path + ".tmp")
         os.replace(path + ".tmp", path)  # atomic: a kill mid-write leaves the previous file intact
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save: a full disk is a RuntimeError
+            raise write_error(path, e) from e
         raise
+
+
+def write_error(path, e):
+    """A failed checkpoint write as one OSError line: the room left, what is kept, what to do."""
+    work = os.path.dirname(path)
+    try:
+        free = f"{shutil.disk_usage(work).free / 2**20:.1f} MB free on its disk"
+    except OSError:
+        free = "free space unknown"
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
+    kept = "the previous checkpoint is kept: make room, then continue with --resume" \
+        if os.path.exists(os.path.join(work, "ckpt.pt")) else \
+        "no checkpoint was kept: make room, then run again"
+    return OSError(getattr(e, "errno", None) or errno.EIO, f"{reason} ({free}); {kept}", path)
+
+
+MODEL_FILES = re.compile(r"config\.json|.+\.safetensors(\.index\.json)?|"
+                         r"pytorch_model.*\.bin(\.index\.json)?|"
+                         r"tokenizer(\.json|\.model|_config\.json)")
+_hashes = {}  # (file, size, mtime) -> sha256: each file hashed once per process, not per checkpoint
+
+
+def model_files(folder):
+    """{file name: sha256} of the files a model folder's weights, config and tokenizer come from
+    (None: no folder). Recorded in the checkpoint like the corpus fingerprint: a resume on edited
+    weights would mix two models (the old run's folded projections, the new embeddings)."""
+    if folder is None or not os.path.isdir(folder):
+        return None
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        f = os.path.join(folder, name)
+        if not MODEL_FILES.fullmatch(name) or not os.path.isfile(f):
+            continue
+        st = os.stat(f)
+        key = (os.path.realpath(f), st.st_size, st.st_mtime_ns)
+        if key not in _hashes:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+            _hashes[key] = h.hexdigest()
+        out[name] = _hashes[key]
+    return out
 
 
 def save_checkpoint(work, model, opt, ema_state, extra, rng=None):
@@ -191,7 +343,9 @@ def save_checkpoint(work, model, opt, ema_state, extra, rng=None):
                            (n.endswith(".weight") and n.replace(".weight", ".mask") in sd)}}, event_file)
     cpu_rng, cuda_rng = rng or rng_state()
     _save({"model": {n: v for n, v in model.state_dict().items() if "lora_" in n}, "opt": opt.state_dict(),
-           "rng": cpu_rng, "cuda_rng": cuda_rng, **extra}, os.path.join(work, "ckpt.pt"))
+           "rng": cpu_rng, "cuda_rng": cuda_rng,
+           "model_files": model_files(getattr(model, "source_dir", None)), **extra},
+          os.path.join(work, "ckpt.pt"))
     for f in os.listdir(work):  # older event files: the checkpoint now points at event k
         if f.startswith("event-") and f != f"event-{k}.pt":
             os.remove(os.path.join(work, f))
@@ -210,12 +364,14 @@ def load_checkpoint(work, model, device, args, corpus, log):
     except Exception as e:  # truncated, or not ours
         raise UsageError(f"--resume: cannot read the checkpoint in {work} ({type(e).__name__}); "
                          "start again with --overwrite")
-    changed = sorted(k for k, v in ck["args"].items() if k not in ("resume", "overwrite", "ckpt_every", "lr")
-                     and args.get(k) != v)
+    # where the run folder lives is no part of the computation: a moved folder resumes
+    free = ("resume", "overwrite", "ckpt_every", "lr", "out")
+    changed = sorted(k for k, v in ck["args"].items() if k not in free and args.get(k) != v)
     if changed:
         raise UsageError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
     if ck["corpus"] != corpus:
         raise UsageError("--resume: the corpus changed since the interrupted run (its splits would differ)")
+    check_model_files(ck.get("model_files"), getattr(model, "source_dir", None))
     res = model.load_state_dict({**ck["model"], **ev["tensors"]}, strict=False)
     bad = [k for k in res.missing_keys if "lora_" in k] + list(res.unexpected_keys)
     if bad:
@@ -232,12 +388,68 @@ def load_checkpoint(work, model, device, args, corpus, log):
     return dict(ck, state=ev["state"])
 
 
+def check_model_files(recorded, folder):
+    """Refuse a resume whose model folder's files are not those the interrupted run started from."""
+    if recorded is None:  # a checkpoint from before the fingerprint: nothing to compare with
+        return
+    now = model_files(folder) or {}
+    diff = sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
+    if diff:
+        how = {n: "removed" if n not in now else "added" if n not in recorded else "changed"
+               for n in diff}
+        what = ", ".join(f"{n} {how[n]}" for n in diff[:3])
+        raise UsageError(f"--resume: the model files in {folder} are not those the interrupted run "
+                         f"started from ({what}); put the original files back, or start again with "
+                         "--overwrite")
+
+
+def interrupted(out):
+    """The one line train.py prints on Ctrl-C: what was kept and how to continue."""
+    ck = os.path.join(out + ".partial", "ckpt.pt") if out else None
+    if not ck or not os.path.exists(ck):
+        return "interrupted before the first checkpoint: nothing was kept; run the command again"
+    try:
+        step = torch.load(ck, map_location="cpu", weights_only=False)["step"]
+    except Exception:
+        step = "?"
+    return (f"interrupted at step {step} (the last checkpoint, kept in {out}.partial); "
+            "continue with --resume")
+
+
 # -----------------------------------------------------------------------------
 # the run folder: one live run per --out (a lock), published only when complete
 
 def resumable(out):
     """Whether --resume can continue the run at out: its out.partial holds a checkpoint or the finished result."""
     return any(os.path.exists(os.path.join(out + ".partial", f)) for f in ("ckpt.pt", "run.json"))
+
+
+# what train.py writes into a run folder (and its .partial): --overwrite may delete these alone
+RUN_FILES = {"config.json", "model.safetensors", "run.json", "run.json.tmp", "train.log", "ckpt.pt",
+             "ckpt.pt.tmp", "expert", *TOKENIZER_FILES}
+RUN_PATTERN = re.compile(r"event-\d+\.pt(\.tmp)?|\.(tmp|old)-.+")
+
+
+def not_ours(path, run):
+    """None if path is what train.py made (run=True: a published run with its run.json; False: a
+    .partial), else what is there instead, in words."""
+    if os.path.islink(path):
+        return "is a symbolic link"
+    if not os.path.isdir(path):
+        return "is a file"
+    names = os.listdir(path)
+    other = sorted(n for n in names if n not in RUN_FILES and not RUN_PATTERN.fullmatch(n))
+    if other:
+        return (f"holds {len(other)} file(s) train.py did not write ({', '.join(other[:3])}"
+                f"{', ...' if len(other) > 3 else ''})")
+    if run:
+        try:
+            with open(os.path.join(path, "run.json"), encoding="utf-8") as f:
+                j = json.load(f)
+            assert isinstance(j, dict) and isinstance(j.get("config"), dict)
+        except (OSError, ValueError, AssertionError):
+            return "has no train.py run.json"
+    return None
 
 
 class RunFolder:
@@ -290,7 +502,13 @@ class RunFolder:
             self.lock.close()
 
     def _check(self):
-        if os.path.exists(self.out) and not self.overwrite:
+        # --overwrite replaces only what train.py made: a published run, a .partial of its files
+        for path, run in ((self.out, True), (self.work, False)):
+            why = not_ours(path, run) if os.path.lexists(path) and (run or self.overwrite) else None
+            if why:
+                raise UsageError(f"{path} {why}: it is not a train.py run, and --overwrite "
+                                 "replaces only one; choose another --out (nothing was changed)")
+        if os.path.lexists(self.out) and not self.overwrite:
             raise UsageError(f"output folder {self.out} exists; pass --overwrite to replace it")
         if self.resume and not resumable(self.out):
             raise UsageError(f"--resume: no checkpoint at {os.path.join(self.work, 'ckpt.pt')}")
@@ -308,6 +526,10 @@ class RunFolder:
             if f.startswith(".tmp-") or f.startswith(".old-"):  # a save interrupted on an earlier try
                 shutil.rmtree(os.path.join(self.work, f), ignore_errors=True)
         self.created = False  # from here the folder is a finished expert: never delete it on an error
+        why = not_ours(self.out, True) if os.path.lexists(self.out) else None
+        if why:  # files the user put at --out while the run trained are not replaced either
+            raise UsageError(f"{self.out} {why}: the finished run is kept in {self.work}; move "
+                             "those files, then publish it with --resume")
         publish_dir(self.work, self.out)
         for f in os.listdir(self.out):
             if f == "ckpt.pt" or f.startswith("event-") or f.endswith(".tmp"):

@@ -3,9 +3,12 @@ by a hash of the texts, the tokenizer and the split parameters, written atomical
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 from tqdm import tqdm
+
+from corpora import DataError
 
 CACHE_FORMAT = 2  # bump when the on-disk layout or the stream format changes (2: vocab_bound in meta)
 
@@ -66,19 +69,46 @@ def texts_hash(idx, texts) -> str:
 
 def _atomic_write(path, write):
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of one
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # readers see the old file or the whole new one, never half of one
+    except BaseException:
+        if os.path.exists(tmp):  # a half-written file would keep a full disk full forever
+            os.remove(tmp)
+        raise
 
 
 def save(folder, arrays, meta):
-    os.makedirs(folder, exist_ok=True)
-    for s, a in arrays.items():
-        _atomic_write(os.path.join(folder, f"{s}.bin"), a.tofile)
+    """Write the splits, then meta.json (which marks the folder complete). A failed write (a full
+    disk) is one DataError naming the file; what this call wrote is removed: nothing stays."""
+    written = []
 
     def write_meta(tmp):
         with open(tmp, "w") as f:
             json.dump(meta, f)
-    _atomic_write(os.path.join(folder, "meta.json"), write_meta)  # written last: it marks the folder complete
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for s, a in arrays.items():
+            written.append(os.path.join(folder, f"{s}.bin"))
+            _atomic_write(written[-1], a.tofile)
+        written.append(os.path.join(folder, "meta.json"))
+        _atomic_write(written[-1], write_meta)
+    except OSError as e:  # numpy's tofile says only "N requested and M written"
+        if not os.path.exists(os.path.join(folder, "meta.json")):  # incomplete: of use to nobody
+            for f in written[:-1]:
+                if os.path.exists(f):
+                    os.remove(f)
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        where = written[-1] if written else folder
+        try:
+            free = f"{shutil.disk_usage(os.path.dirname(where)).free / 2**20:.1f} MB free there"
+        except OSError:
+            free = "free space unknown"
+        raise DataError(f"token cache: cannot write {where} ({e.strerror or e}; {free}); make room "
+                        "or point XPERT_CACHE at a disk with space") from e
 
 
 def load(folder, splits):
