@@ -579,9 +579,9 @@ class PruneConfig:
         def check(name, ok, what):  # ValueError(field, message): train.py names the flag
             if not ok:
                 raise ValueError(name, f"must be {what}, got {getattr(self, name)!r}")
+        check("nm", self.nm is None or 0 < self.nm[0] < self.nm[1], "N:M with 0 < N < M")
         check("sparsity", 0.0 <= self.sparsity < 1.0, "in [0, 1)")  # comparisons with nan fail
         check("group", self.group in GROUPS, f"one of {', '.join(GROUPS)}")
-        check("nm", self.nm is None or 0 < self.nm[0] < self.nm[1], "N:M with 0 < N < M")
         check("delta", 0.0 <= self.delta <= 1.0, "in [0, 1]")
         check("foresight", self.foresight in FORESIGHT, f"one of {', '.join(FORESIGHT)}")
         check("update", self.update in UPDATES, f"one of {', '.join(UPDATES)}")

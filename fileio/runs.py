@@ -22,6 +22,7 @@ from corpora import DataError
 from fileio import paths
 from fileio.hf import TOKENIZER_FILES, ModelError, publish_dir
 from model import PROJECTIONS
+from xpert import PruneConfig
 
 
 class UsageError(Exception):
@@ -51,24 +52,20 @@ def peak_memory_mb(device):
 # -----------------------------------------------------------------------------
 # options: every check before anything touches the disk
 
-# train.py's default --sparsity: the one value --nm may override without the user asking for another
-DEFAULT_SPARSITY = 0.4
-
 
 def check_options(args, domains):
     if (args.domain is None) == (args.data is None):
         raise UsageError("give exactly one of --domain {legal,health} or --data PATH")
     if args.domain is not None and args.domain not in domains:
         raise UsageError(f"unknown domain {args.domain!r} (choose from: {', '.join(domains)})")
-    if not 0.0 <= args.sparsity < 1.0:  # also refuses nan
-        raise UsageError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    # --sparsity, --nm's N < M, --group, --delta, --ema, --pbs, --pbs-lambda: xpert.PruneConfig
+    # checks them, once (train.resolve builds it right after this)
     if args.nm is not None:
         try:
             n, m = (int(v) for v in args.nm.split(":"))
-            assert 0 < n < m
-        except Exception:
-            raise UsageError(f"--nm must look like N:M with 0 < N < M (e.g. 2:4), got {args.nm!r}")
-        if args.sparsity not in (DEFAULT_SPARSITY, n / m):  # an explicit --sparsity that --nm drops
+        except ValueError:
+            raise UsageError(f"--nm must look like N:M (e.g. 2:4), got {args.nm!r}")
+        if args.sparsity not in (PruneConfig.sparsity, n / m):  # an explicit one --nm would drop
             raise UsageError(f"--nm {n}:{m} prunes {n / m:g} of every weight group, not --sparsity "
                              f"{args.sparsity:g}: give one of the two")
         args.nm, args.sparsity = (n, m), n / m
@@ -89,9 +86,7 @@ def check_options(args, domains):
     if not 0 <= args.seed < 2**64:  # what both numpy's and torch's generators accept
         raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
     checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"), ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
-              ("ema", 0 < args.ema <= 1, "in (0, 1]"), ("lr", 0 < args.lr < math.inf, "positive"),
-              ("alpha", 0 < args.alpha < math.inf, "positive"), ("pbs_lambda", 0 <= args.pbs_lambda < math.inf, "at least 0"),
-              ("delta", 0 <= args.delta <= 1, "in [0, 1]"),
+              ("lr", 0 < args.lr < math.inf, "positive"), ("alpha", 0 < args.alpha < math.inf, "positive"),
               ("max_docs", args.max_docs is None or args.max_docs >= 4, "at least 4 (one document per split)"),
               ("max_chars", args.max_chars is None or args.max_chars >= 1, "at least 1")]
     for name, ok, what in checks:  # comparisons with nan are False: a nan option fails here too
