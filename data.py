@@ -27,7 +27,7 @@ from fileio import token_cache
 from fileio.paths import cache_dir as cache_root
 
 # -----------------------------------------------------------------------------
-# 1. Domains: a corpus to adapt on, and the evaluation sets that measure it (PAPER.md §7)
+# 1. Domains: a corpus to adapt on, and the evaluation sets that measure it (docs/paper.md §7)
 
 
 @dataclass(frozen=True)

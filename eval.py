@@ -1,7 +1,7 @@
 """
 Measure a model folder or a train.py run: domain perplexity, general perplexity (WikiText-2),
 PubMedQA accuracy, and the sparsity of the saved weights. Every number is printed with its context
-(split, sequence length, number of windows), and relative performance follows PAPER.md §7.
+(split, sequence length, number of windows), and relative performance follows docs/paper.md §7.
 
     python eval.py out/legal-xpert-s0.4                 # a run (or any Llama folder)
     python eval.py --compare out/legal-lora out/legal-xpert-s0.4 ...
@@ -183,7 +183,7 @@ def main(argv=None):
                                       max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
                 if domain == run.get("domain"):  # the run's own corpus: its test split held out?
                     check_corpus(path, record, splits)
-            if args.prune:  # the one-shot baselines of PAPER.md §6 on this folder's weights, calibrated on the domain
+            if args.prune:  # the one-shot baselines of docs/paper.md §6 on this folder's weights, calibrated on the domain
                 if splits is None:
                     raise ModelError("--prune needs a domain (--domain legal/health) for its calibration text")
                 calib = data.calib_windows(splits.calib, args.calib_samples, seq_len, run.get("seed", 0))  # (N, T)

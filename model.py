@@ -200,7 +200,7 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-# the seven adapted projections of a block, by their Hugging Face names (PAPER.md §2)
+# the seven adapted projections of a block, by their Hugging Face names (docs/paper.md §2)
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 

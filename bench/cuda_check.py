@@ -8,7 +8,7 @@ Not a timing script (bench/gpu.py times); every check prints its measured error 
      ((W + s·B·A) ⊙ M) in float64 on the CPU, with a float32 and a bf16 base;
   3. a prune event on the device against the same event on the CPU in float64: mask agreement, and exactly
      floor(p·m·n) zeros in every matrix;
-  4. a second event scores the unmasked U (PAPER.md §4.4): reported, with the entries it changed;
+  4. a second event scores the unmasked U (docs/paper.md §4.4): reported, with the entries it changed;
   5. merge_lora in bf16 keeps the exact zero count; the saved folder loaded by transformers (if importable)
      gives our logits.
 
@@ -130,7 +130,7 @@ def main(argv=None):
         with torch.no_grad():
             lin.lora_B.normal_(0.0, 0.05)
     st = xpert.prune_event(ours, calib, cfg, state=st, progress=False)
-    check("second event: exact count again, entries changed reported (PAPER.md §4.4)",
+    check("second event: exact count again, entries changed reported (docs/paper.md §4.4)",
           all(int((lin.mask == 0).sum()) == xpert.n_pruned(lin.mask.numel(), a.sparsity)
               for _, lin in xpert.lora_layers(ours)), f"{sum(st['changed'].values())} entries changed")
 

@@ -1,5 +1,5 @@
 """
-Does the propagation factor change *which* weights go, and does that help? (PAPER.md §4.4, issue 12.)
+Does the propagation factor change *which* weights go, and does that help? (docs/paper.md §4.4, issue 12.)
 One-shot on real SmolLM2-135M layers, no LoRA (U = W), dense-model inputs. Not a test: a measurement.
 
 For blocks × the seven projections × sparsities, each reading's mask against Wanda on U (|U|·‖X_c‖ per

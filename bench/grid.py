@@ -1,5 +1,5 @@
 """
-The results grid (PAPER.md §6-7, issue 12): EfficientXpert's ForeSight readings against the baselines, at 40%
+The results grid (docs/paper.md §6-7, issue 12): EfficientXpert's ForeSight readings against the baselines, at 40%
 and 50%, on both domains, 2 seeds, every cell a real `train.py` run with the same data, budget and seed.
 
     python bench/grid.py                      # every cell not yet in results/grid.json (hours on 2 CPU cores)
@@ -32,12 +32,12 @@ from fileio.runs import resumable  # noqa: E402
 RECORD = os.path.join(HERE, "results", "grid.json")
 BUDGET = ["--steps", "24", "--lr", "0.0005"]  # pinned, so a later change of train.py's defaults keeps cells comparable
 BASELINES = {"wanda-lora": [], "lora-wanda": [], "lora-sparsegpt": []}  # train.py --method <name>
-READINGS = {  # PAPER.md §4.4: the three readings of ForeSight's propagation factor, as xpert variants
+READINGS = {  # docs/paper.md §4.4: the three readings of ForeSight's propagation factor, as xpert variants
     "eq2": ["--foresight", "eq2"],  # Eq. 2 literally, equal share per output row (= Wanda^2 on U under `out`)
     "code": ["--foresight", "code"],  # (a) the authors' per-module factors
     "delta0.1": ["--foresight", "eq2", "--delta", "0.1"],  # (b) bounded row allocation, rows within p ± 0.1
 }
-SCHEDULES = {"paper": "0.33,0.67,1.0", "early": "0.04,1.0"}  # PAPER.md §3; early = one event after 1 step
+SCHEDULES = {"paper": "0.33,0.67,1.0", "early": "0.04,1.0"}  # docs/paper.md §3; early = one event after 1 step
 VARIANTS = {  # a measured variant: SparseGPT's full OBS update of the kept weights on ForeSight's mask
     "xpert-eq2-early-sparsegpt": ["--events", SCHEDULES["early"], *READINGS["eq2"], "--pbs", "sparsegpt"],
 }

@@ -1,5 +1,5 @@
 """
-What one prune event costs, and how well each pruning criterion keeps a layer's output (PAPER.md §3-6),
+What one prune event costs, and how well each pruning criterion keeps a layer's output (docs/paper.md §3-6),
 on the default model (SmolLM2-135M-Instruct) and real domain text. Not a test: a measurement.
 
 Part 1 — one prune event (xpert.prune_event, ForeSight + PBS) on the model with fresh LoRA adapters:
@@ -11,7 +11,7 @@ Part 2 — layer reconstruction error, one-shot on the base weights (no LoRA, no
   SparseGPT. Masks (and SparseGPT's / PBS's updates) come from the calibration windows; the error is
   measured on *held-out* windows of the test split, so a criterion that overfits calibration shows.
   Beside it, the consumer-weighted error Σ_j e_j ‖ΔW_j Xᵀ‖² / Σ_j e_j ‖W_j Xᵀ‖² — the quantity ForeSight's
-  score approximates (PAPER.md §4.1): how much of the change the *next* layer actually reads.
+  score approximates (docs/paper.md §4.1): how much of the change the *next* layer actually reads.
 
     python bench_prune.py                                   # legal text, 16×256 calibration, blocks 2,14,27
     python bench_prune.py --domain health --blocks 0,29 --sparsities 0.5 --json out.json
@@ -87,7 +87,7 @@ def block_stats(block, xs, cos, sin):
 
 def rel_err(W, W_hat, H, e=None):
     """‖(W − Ŵ)Xᵀ‖²_F / ‖WXᵀ‖²_F via H = XᵀX (tr(ΔW H ΔWᵀ)); with e (m,), each output row j weighted
-    by e_j — the consumer-weighted error of PAPER.md §4.1."""
+    by e_j — the consumer-weighted error of docs/paper.md §4.1."""
     D = W - W_hat
     num = ((D @ H) * D).sum(1)  # (m,) = ‖ΔW_j Xᵀ‖²
     den = ((W @ H) * W).sum(1)  # (m,) = ‖W_j Xᵀ‖²

@@ -1,5 +1,5 @@
 """Reports over finished runs, for eval.py's --compare and --mask-overlap: one markdown table of several
-runs relative to the dense LoRA run (PAPER.md §7), and the per-layer overlap of their pruning masks."""
+runs relative to the dense LoRA run (docs/paper.md §7), and the per-layer overlap of their pruning masks."""
 import json
 import os
 
@@ -10,13 +10,13 @@ from model import PROJECTIONS
 
 
 # -----------------------------------------------------------------------------
-# --compare: one markdown table, relative performance against the dense lora run (PAPER.md §7)
+# --compare: one markdown table, relative performance against the dense lora run (docs/paper.md §7)
 
 HIGHER_IS_BETTER = ("acc",)
 
 
 def relative(metric, value, ref):
-    """PAPER.md §7: pruned/dense for accuracies, dense/pruned for perplexities (so both read 'x% of dense')."""
+    """docs/paper.md §7: pruned/dense for accuracies, dense/pruned for perplexities (so both read 'x% of dense')."""
     if ref is None or value is None:
         return None
     return value / ref if metric.endswith(HIGHER_IS_BETTER) else ref / value
@@ -72,13 +72,13 @@ def compare(runs):
     ctx = {m: next((j["metrics"][m] for _, j in loaded if m in j["metrics"]), {}) for m in names}
     notes = [f"- {m}: {c.get('split', '')}" + (f", seq_len {c['seq_len']}, {c['windows']} windows" if "windows" in c
                                                else f", {c.get('questions', '?')} questions") for m, c in ctx.items()]
-    ref_note = "relative = dense-LoRA ppl / ppl, or acc / dense-LoRA acc (PAPER.md §7)" if ref else \
+    ref_note = "relative = dense-LoRA ppl / ppl, or acc / dense-LoRA acc (docs/paper.md §7)" if ref else \
         "no `lora` run given: relative performance needs the dense reference"
     return "\n".join(lines + ["", ref_note] + notes)
 
 
 # -----------------------------------------------------------------------------
-# --mask-overlap: does the mask move with the domain? (PAPER.md §7, the paper's structural-shift analysis)
+# --mask-overlap: does the mask move with the domain? (docs/paper.md §7, the paper's structural-shift analysis)
 
 def mask_overlap(paths, png=None):
     """IoU of the *pruned* positions of every adapted matrix between each pair of runs. Chance level for

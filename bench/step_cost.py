@@ -1,4 +1,4 @@
-"""What does the mask cost a LoRA training step? (PAPER.md §3: masked LoRA vs plain LoRA.)
+"""What does the mask cost a LoRA training step? (docs/paper.md §3: masked LoRA vs plain LoRA.)
 
 One training step = forward + backward + AdamW step on the default model (SmolLM2-135M), batch × seq
 random tokens, r = 8. Contenders, timed alternately in one process (median of --reps):

@@ -40,7 +40,7 @@ from model import LLaMA, PROJECTIONS  # noqa: E402
 
 MODEL_DIR = os.path.join(ROOT, "assets", "models", "stories260K")
 
-# who reads output j of each projection, i.e. where e_j comes from (PAPER.md §4.2)
+# who reads output j of each projection, i.e. where e_j comes from (docs/paper.md §4.2)
 READ_BY = {
     "self_attn.q_proj": "k_proj rows of the same KV group, same head dim (the q·k product)",
     "self_attn.k_proj": "q_proj rows of every query head of its group, same dim",

@@ -191,7 +191,7 @@ def pruned_iou_ref(a, b):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 1 — ForeSight = ‖ΔZ‖² of the consumer's output (PAPER.md §4.1)
+# Exercise 1 — ForeSight = ‖ΔZ‖² of the consumer's output (docs/paper.md §4.1)
 
 def bruteforce_dz(X, U, consumer, entries=None):
     """‖Z − Z'‖²_F with Z = consumer(X Uᵀ) and Z' = consumer(X Vᵀ) recomputed from scratch after zeroing
@@ -312,7 +312,7 @@ def check_1_real(mod, log, g):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 2 — the propagation factor and the selection group (PAPER.md §4.3)
+# Exercise 2 — the propagation factor and the selection group (docs/paper.md §4.3)
 
 def group_view(t, group):
     """(G, S) view of an m × n tensor: rows for 'out', columns for 'in', one row for 'layer'."""
@@ -397,7 +397,7 @@ def check_2_claim(mod, log, g):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 3 — Wanda, and how it relates to ForeSight (PAPER.md §4.3, §6)
+# Exercise 3 — Wanda, and how it relates to ForeSight (docs/paper.md §4.3, §6)
 
 def ref_wanda_scores(W, X):
     """Wanda's score by loops: |W[i,c]|·sqrt(Σ_t X[t,c]²)."""
@@ -445,7 +445,7 @@ def check_3(mod, log):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 4 — PBS (our reading, PAPER.md §5.1) vs lstsq; rank 8 vs 64
+# Exercise 4 — PBS (our reading, docs/paper.md §5.1) vs lstsq; rank 8 vs 64
 
 def pbs_lstsq(D, A, M, X, s, lam):
     """Row by row: min_δ ‖s·X_K A_Kᵀ δ − X D_iᵀ‖² + λ‖δ‖² (the fold's residual of row i), as one augmented
@@ -558,7 +558,7 @@ def check_4_rank(mod, log, g):
 
 
 def later_event(g):
-    """Block 1 down_proj at its second event (PAPER.md §5.1 "Later events"): event 1 folded a 50% Wanda mask, the
+    """Block 1 down_proj at its second event (docs/paper.md §5.1 "Later events"): event 1 folded a 50% Wanda mask, the
     adapter then trained (here: a random B·A at the scale of the small kept weights), event 2 ranks U = W + s·B·A
     with the EMA of both events' Wanda² scores. Returns (U, M_old, M_new, A, X, s)."""
     b = real_block(1)
@@ -601,7 +601,7 @@ def check_4_later(mod, log, g):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 5 — mask IoU, chance level, domain vs general calibration (PAPER.md §7)
+# Exercise 5 — mask IoU, chance level, domain vs general calibration (docs/paper.md §7)
 
 def expected_iou(p, n):
     """Exact E[|P_a ∩ P_b| / |P_a ∪ P_b|] for two independent, uniformly random masks that each prune k = p·n
@@ -736,7 +736,7 @@ def check_5_real(mod, log):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 6 — N:M masks (PAPER.md §4.3)
+# Exercise 6 — N:M masks (docs/paper.md §4.3)
 
 def expect_nm(mask, scores, N, M, what):
     m, n = scores.shape
@@ -794,7 +794,7 @@ def check_6(mod, log):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 7 — the authors' PBS (PAPER.md §5.2) and the fold
+# Exercise 7 — the authors' PBS (docs/paper.md §5.2) and the fold
 
 def pbs_diag_lstsq(U, A, M, gvec, s, lam):
     """Row by row: min_δ Σ_c g_c (ũ_ic + s·δ·a_c)² + λ‖δ‖² as an augmented least-squares problem."""
@@ -852,7 +852,7 @@ def check_7(mod, log):
 
 
 # -----------------------------------------------------------------------------
-# Exercise 8 — the consumer table of a GQA block (PAPER.md §4.2)
+# Exercise 8 — the consumer table of a GQA block (docs/paper.md §4.2)
 
 def consumers(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
     """{proj: (m, Z)}: Z(y) is what the consumer of the projection's output y (m,) computes, linearised
@@ -887,7 +887,7 @@ def consumers(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
 
 
 def consumer_bruteforce(U, gamma_mlp, gamma_next, readers, n_head, n_kv, g):
-    """{proj: e (m,)}: e_j = ‖Z(y + 1_j) − Z(y)‖² at a random y, output j moved alone (PAPER.md §4.1 per output)."""
+    """{proj: e (m,)}: e_j = ‖Z(y + 1_j) − Z(y)‖² at a random y, output j moved alone (docs/paper.md §4.1 per output)."""
     out = {}
     for proj, (m, Z) in consumers(U, gamma_mlp, gamma_next, readers, n_head, n_kv).items():
         y = randn(m, g=g)

@@ -1,4 +1,4 @@
-"""Exercise 1 — where does the ForeSight score come from? (PAPER.md §4, §4.1; xpert.foresight_scores)
+"""Exercise 1 — where does the ForeSight score come from? (docs/paper.md §4, §4.1; xpert.foresight_scores)
 
 A layer U (m × n) computes Y = X Uᵀ (N × m) on the calibration inputs X (N × n), and a consumer reads
 Y. For the linear consumer of §4.1, U2 (k × m), the consumer's output is Z = Y U2ᵀ = X Uᵀ U2ᵀ (N × k).

@@ -1,4 +1,4 @@
-"""Exercise 2 — when can the propagation factor change a mask? (PAPER.md §4.3; xpert.select_mask,
+"""Exercise 2 — when can the propagation factor change a mask? (docs/paper.md §4.3; xpert.select_mask,
 xpert.consumer_energy, xpert.foresight_scores)
 
 ForeSight's score is s[j, c] = U[j, c]² · ‖X_c‖² · e_j: Wanda's score squared, times a per-OUTPUT-row

@@ -1,4 +1,4 @@
-"""Exercise 3 — Wanda in a few lines, and how it relates to ForeSight (PAPER.md §4, §4.3, §6;
+"""Exercise 3 — Wanda in a few lines, and how it relates to ForeSight (docs/paper.md §4, §4.3, §6;
 xpert.prune_oneshot's 'wanda' branch, xpert.foresight_scores, xpert.select_mask)
 
 Implement:

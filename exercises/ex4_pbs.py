@@ -1,5 +1,5 @@
 """Exercise 4 — Partial Brain Surgeon: when does the adapter have enough freedom, and what must it make up
-for at a later event? (PAPER.md §5, §5.1 incl. "Later events"; xpert.pbs_output, xpert.prune_event)
+for at a later event? (docs/paper.md §5, §5.1 incl. "Later events"; xpert.pbs_output, xpert.prune_event)
 
 A prune event chooses a new keep-mask M and folds the adapter: W ← (U + s·ΔB·A) ⊙ M, U = W + s·B·A the
 unmasked effective weight. Before the fold the network computed U ⊙ M_old (M_old = 1 at the first event),

@@ -1,4 +1,4 @@
-"""Exercise 5 — domain vs general calibration: how different are the masks? (PAPER.md §7, the paper's
+"""Exercise 5 — domain vs general calibration: how different are the masks? (docs/paper.md §7, the paper's
 "masks shift with the domain" analysis; eval.py --mask-overlap; xpert.sequential_blocks)
 
 Implement:

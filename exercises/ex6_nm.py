@@ -1,4 +1,4 @@
-"""Exercise 6 — make the expert 2:4-sparse and measure what is lost (PAPER.md §4.3 "N:M";
+"""Exercise 6 — make the expert 2:4-sparse and measure what is lost (docs/paper.md §4.3 "N:M";
 xpert.select_mask(nm=...), train.py --nm 2:4)
 
 Sparse tensor cores (NVIDIA Ampere and later) skip zeros only in the 2:4 pattern: in every run of 4

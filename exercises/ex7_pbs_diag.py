@@ -1,4 +1,4 @@
-"""Exercise 7 (research) — the authors' PBS versus ours: which objective fits the fold? (PAPER.md §5.2,
+"""Exercise 7 (research) — the authors' PBS versus ours: which objective fits the fold? (docs/paper.md §5.2,
 §5.3; xpert.pbs_diag, xpert.pbs_output)
 
 The authors' public code (our `pbs="diag"`) solves, per output row i, with g_c the RMS activation of

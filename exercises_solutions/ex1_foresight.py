@@ -16,7 +16,7 @@ def foresight_bruteforce(X, U, consumer):
 
 
 def foresight_closed_form(X, U, U2):
-    """Paper Eq. 2 (PAPER.md §4): U[j,c]² · ‖X_c‖² · e_j with e_j = Σ_k U2[k, j]²."""
+    """Paper Eq. 2 (docs/paper.md §4): U[j,c]² · ‖X_c‖² · e_j with e_j = Σ_k U2[k, j]²."""
     col_energy = X.pow(2).sum(0)  # (n,)  ‖X_c‖²
     e = U2.pow(2).sum(0)  # (m,)  energy of column j of the consumer
     return U.pow(2) * col_energy[None, :] * e[:, None]

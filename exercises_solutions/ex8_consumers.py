@@ -2,7 +2,7 @@
 
 
 def consumer_table(U, gamma_mlp, gamma_next, readers, n_head, n_kv):
-    """PAPER.md §4.2: e_j of the seven projections of a GQA block, on unmasked effective weights."""
+    """docs/paper.md §4.2: e_j of the seven projections of a GQA block, on unmasked effective weights."""
     Uq, Uk, Uo = U["self_attn.q_proj"], U["self_attn.k_proj"], U["self_attn.o_proj"]
     hd = Uq.shape[0] // n_head
     rep = n_head // n_kv  # query heads per KV group: group g holds heads g·rep … g·rep + rep − 1

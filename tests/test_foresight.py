@@ -1,4 +1,4 @@
-"""Tests of the ForeSight readings of PAPER.md §4.4 (issue 12), each against an independent computation:
+"""Tests of the ForeSight readings of docs/paper.md §4.4 (issue 12), each against an independent computation:
 the authors' per-module factors ("code") against a per-weight loop over the §4.4 table, the bounded row
 allocation against exhaustive search, revival of a pruned weight through the unmasked U = W + s·B·A, an
 unchanged mask leaving the adapter alone, and a real train.py run in which a mask entry changes after
@@ -47,7 +47,7 @@ def ids(seed=0, n=4, T=16):
 # ----------------------------------------------------------------------------- (a) the authors' factors
 
 def code_score_loops(U, X2, n_head, n_kv, hd):
-    """The PAPER.md §4.4 (a) table, literally, one weight at a time: {proj: (m, n) first-power score
+    """The docs/paper.md §4.4 (a) table, literally, one weight at a time: {proj: (m, n) first-power score
     |U[j,c]|·‖X_c‖·factor}. U {short name: effective weight}, X2 {proj: ‖X_c‖² (n,)}."""
     rep = n_head // n_kv
     norm = lambda v: math.sqrt(sum(float(t) ** 2 for t in v))  # noqa: E731

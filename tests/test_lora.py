@@ -1,4 +1,4 @@
-"""Tests of masked LoRA (xpert.LoRALinear, PAPER.md §2-3): every test checks the layer against an independent
+"""Tests of masked LoRA (xpert.LoRALinear, docs/paper.md §2-3): every test checks the layer against an independent
 computation — the explicit expression y = x·((W + s·B·A) ⊙ M)ᵀ, differentiated by autograd in float64."""
 import os
 import sys
@@ -38,7 +38,7 @@ def _reference(lin, x):
     A = lin.lora_A.detach().double().clone().requires_grad_(True)
     B = lin.lora_B.detach().double().clone().requires_grad_(True)
     W, M = lin.weight.detach().double(), lin.mask.double()
-    return x @ ((W + lin.scale * B @ A) * M).T, A, B  # PAPER.md §3
+    return x @ ((W + lin.scale * B @ A) * M).T, A, B  # docs/paper.md §3
 
 
 def _zero_off_mask(lin):
@@ -277,7 +277,7 @@ def test_fp16_base_adamw_steps_are_finite():
 
 
 def test_add_lora_adapts_the_seven_projections_only():
-    """PAPER.md §2: the seven projections of every block get adapters; embeddings, norms and lm_head are never
+    """docs/paper.md §2: the seven projections of every block get adapters; embeddings, norms and lm_head are never
     adapted, never trained, and the prune event leaves them bit-identical."""
     model = tiny_model(seed=5)
     before = {k: v.clone() for k, v in model.state_dict().items()}

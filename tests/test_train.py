@@ -331,7 +331,7 @@ def test_mask_overlap_matches_direct_iou_and_refuses_bad_pairs(tiny_model_dir, c
 
 def test_grid_record_and_tables_relative_to_the_matching_dense_run(tmp_path, monkeypatch):
     # bench/grid.py: results/grid.json holds one record per cell, each relative to the dense lora run of its
-    # domain and seed (PAPER.md §7: dense ppl / ppl, acc / dense acc), recomputed when the reference lands
+    # domain and seed (docs/paper.md §7: dense ppl / ppl, acc / dense acc), recomputed when the reference lands
     # late; the RESULTS tables come from the record alone; a recorded cell is not run again
     from bench import grid
     monkeypatch.setattr(grid, "RECORD", str(tmp_path / "results" / "grid.json"))

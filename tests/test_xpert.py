@@ -1,5 +1,5 @@
 """Tests of xpert.py: every test checks the method's math against an independent computation
-(PAPER.md sections cited). Real-model tests read ../shared/assets (or $XPERT_ASSETS) and skip without it."""
+(docs/paper.md sections cited). Real-model tests read ../shared/assets (or $XPERT_ASSETS) and skip without it."""
 import copy
 import io
 import math
@@ -123,7 +123,7 @@ def test_capture_removes_hooks_after_exception():
 # ----------------------------------------------------------------------------- ForeSight (§4)
 
 def test_foresight_equals_bruteforce_output_change():
-    """PAPER.md §4.1: on Z = X Uᵀ U₂ᵀ, zeroing U[j, c] alone changes Z by exactly s[j, c] (squared)."""
+    """docs/paper.md §4.1: on Z = X Uᵀ U₂ᵀ, zeroing U[j, c] alone changes Z by exactly s[j, c] (squared)."""
     g = torch.Generator().manual_seed(0)
     N, n, m, k = 20, 7, 5, 6
     X = correlated(N, n)
@@ -434,7 +434,7 @@ def test_oneshot_sparsity_and_wanda_lora(method, tmp_path):
         masks = xpert.prune_oneshot(model, ids, method, 0.5)
     rep = xpert.sparsity_report(model)
     assert rep["overall"] == 0.5 and (t["prune"] > 0) == (method == "sparsegpt")
-    # Wanda→LoRA order (PAPER.md §6): masked LoRA keeps the pruned base's mask through training and merge
+    # Wanda→LoRA order (docs/paper.md §6): masked LoRA keeps the pruned base's mask through training and merge
     xpert.add_lora(model, rank=4, masks=masks)
     randomize_adapters(model)
     xpert.merge_lora(model)
@@ -530,7 +530,7 @@ def test_prune_event_on_stories260K():
     s_new = xpert.prune_event(fresh, ids, cfg, state=None, final=True, progress=False)  # s_2 alone
     assert s2["events"] == 2
     for k in first:  # score_2 = η·s_2 + (1−η)·score_1 with η = 0.5 — checked on block 0, whose inputs are the
-        # embeddings in both runs: pruned weights now score s·B·A (PAPER.md §4.4), so `fresh` (s_2 alone) picks other
+        # embeddings in both runs: pruned weights now score s·B·A (docs/paper.md §4.4), so `fresh` (s_2 alone) picks other
         # masks than the EMA run, and from block 1 on the two runs capture different (sequential) inputs
         if k.startswith("model.layers.0."):
             torch.testing.assert_close(s2["scores"][k], 0.5 * s_new["scores"][k] + 0.5 * first[k])
