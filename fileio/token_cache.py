@@ -94,6 +94,13 @@ def save(folder, arrays, meta):
         written.append(os.path.join(folder, "meta.json"))
         _atomic_write(written[-1], write_meta)
     except OSError as e:  # numpy's tofile says only "N requested and M written"
+        where, d = written[-1] if written else folder, folder
+        while not os.path.isdir(d) and os.path.dirname(d) != d:
+            d = os.path.dirname(d)
+        try:  # measured at the failure, before the clean-up below frees what this call wrote
+            free = f"{shutil.disk_usage(d).free / 2**20:.1f} MB free there"
+        except OSError:
+            free = "free space unknown"
         if not os.path.exists(os.path.join(folder, "meta.json")):  # incomplete: of use to nobody
             for f in written[:-1]:
                 if os.path.exists(f):
@@ -102,11 +109,6 @@ def save(folder, arrays, meta):
                 os.rmdir(folder)
             except OSError:
                 pass
-        where = written[-1] if written else folder
-        try:
-            free = f"{shutil.disk_usage(os.path.dirname(where)).free / 2**20:.1f} MB free there"
-        except OSError:
-            free = "free space unknown"
         raise DataError(f"token cache: cannot write {where} ({e.strerror or e}; {free}); make room "
                         "or point XPERT_CACHE at a disk with space") from e
 
