@@ -65,10 +65,12 @@ def check_options(args, domains):
             n, m = (int(v) for v in args.nm.split(":"))
         except ValueError:
             raise UsageError(f"--nm must look like N:M (e.g. 2:4), got {args.nm!r}")
-        if args.sparsity not in (PruneConfig.sparsity, n / m):  # an explicit one --nm would drop
+        if args.sparsity not in (None, n / m):  # an explicit --sparsity that --nm would drop
             raise UsageError(f"--nm {n}:{m} prunes {n / m:g} of every weight group, not --sparsity "
                              f"{args.sparsity:g}: give one of the two")
         args.nm, args.sparsity = (n, m), n / m
+    if args.sparsity is None:  # not given: the paper's 40% (xpert.PruneConfig's default)
+        args.sparsity = PruneConfig.sparsity
     try:
         args.events = sorted(float(f) for f in str(args.events).split(","))
     except ValueError:

@@ -256,10 +256,11 @@ def test_eval_refuses_a_corpus_appended_to_after_training(cache, tmp_path):
     assert tree_hash(out) == before
 
 
-def test_nm_with_an_explicit_other_sparsity_refused(cache, tmp_path):
+@pytest.mark.parametrize("sparsity", ["0.9", "0.4"])  # 0.4: the default's value, but typed
+def test_nm_with_an_explicit_other_sparsity_refused(sparsity, cache, tmp_path):
     out = tmp_path / "run"
-    r = run(train_args(out, "--nm", "2:4", "--sparsity", "0.9"), cache, stop_on=COMPUTE)
-    assert_one_line_error(r, "--nm", "--sparsity|0.9")
+    r = run(train_args(out, "--nm", "2:4", "--sparsity", sparsity), cache, stop_on=COMPUTE)
+    assert_one_line_error(r, "--nm", f"--sparsity|{sparsity}")
     assert_nothing_on_disk(out)
 
 
