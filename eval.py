@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 import data
 import xpert
+from corpora import benchmarks
 from fileio import paths
 from fileio.runs import check_eval_options, write_json
 from model import LLaMA, ModelError, Tokenizer
@@ -93,12 +94,12 @@ def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_wi
             what = "test minus its calibration tenth" if name == "wikitext2" else "text"
             ppl(f"{name}_ppl", torch.tensor(ids), f"{name} {what} ({'prefix' if len(text) > need_chars else 'all'})")
     if domain == "health" and "pubmedqa_items" in bench:
-        items = data.pubmedqa_sample(bench["pubmedqa_items"], pubmedqa_n)
-        acc = data.pubmedqa_accuracy(LogProb(model, tok), tqdm(items, desc="pubmedqa", leave=False,
+        items = benchmarks.pubmedqa_sample(bench["pubmedqa_items"], pubmedqa_n)
+        acc = benchmarks.pubmedqa_accuracy(LogProb(model, tok), tqdm(items, desc="pubmedqa", leave=False,
                                                                disable=not progress))
         n_all = len(bench["pubmedqa_items"])
         split = f"PubMedQA official test, {'all' if len(items) == n_all else 'a fixed random'} {len(items)} of {n_all} questions"
-        majority = max(sum(it["answer"] == c for it in items) for c in data.CHOICES) / len(items)
+        majority = max(sum(it["answer"] == c for it in items) for c in benchmarks.CHOICES) / len(items)
         metrics["pubmedqa_acc"] = {"value": acc, "split": split, "questions": len(items), "majority_class": majority}
         log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   ({split}, zero-shot; always answering the commonest "
             f"answer scores {majority:.3f})")
@@ -178,9 +179,10 @@ def main(argv=None):
             tok = Tokenizer(path)
             splits = None
             if domain or run.get("data"):  # the cache is keyed by vocabulary: the run's own splits come back
-                splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
-                                      seed=run.get("seed", 0), max_docs=run.get("max_docs"),
-                                      max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
+                options = data.SplitOptions(seed=run.get("seed", 0), max_docs=run.get("max_docs"),
+                                            max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
+                splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"),
+                                      tokenizer=tok, options=options)
                 if domain == run.get("domain"):  # the run's own corpus: its test split held out?
                     check_corpus(path, record, splits)
             if args.prune:  # the one-shot baselines of docs/paper.md §6 on this folder's weights, calibrated on the domain
