@@ -400,9 +400,10 @@ def main(argv=None):
             report = xpert.sparsity_report(model)
             log(f"measured sparsity of the adapted projections: {report['overall']:.4f}")
             log("expert:")
-            metrics = evaluation.evaluate(
-                model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
-                max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
+            options = evaluation.EvalOptions(
+                data_dir=args.data_dir, seq_len=args.seq_len, max_windows=args.eval_windows or None,
+                pubmedqa_n=args.pubmedqa_n or None)
+            metrics = evaluation.evaluate(model, tok, args.domain, splits, options, log=log)
             result = record(args, run, metrics, report, time.time() - t_start)
             result["corpus"] = splits.meta["corpus"]  # eval.py refuses a corpus edited since
             rf.finish(model, result, log, summary_line(args, result))  # folder, run.json, publish
