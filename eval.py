@@ -6,19 +6,22 @@ PubMedQA accuracy, and the sparsity of the saved weights. Every number is printe
     python eval.py out/legal-xpert-s0.4                 # a run (or any Llama folder)
     python eval.py --compare out/legal-lora out/legal-xpert-s0.4 ...
     python eval.py --mask-overlap out/legal-xpert-s0.4 out/health-xpert-s0.4
-    python eval.py <model folder> --domain legal --prune wanda --sparsity 0.4   # pruning alone, no training
+    python eval.py <model folder> --domain legal --prune wanda --sparsity 0.4   # pruning alone
 """
 import argparse
 import math
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
 import data
 import xpert
-from fileio import paths
+from corpora import benchmarks
+from fileio import paths, report
 from fileio.runs import check_eval_options, write_json
 from model import LLaMA, ModelError, Tokenizer
 
@@ -34,8 +37,8 @@ def perplexity(model, windows, batch_size=4, desc="ppl", progress=True):
     for i in tqdm(range(0, len(windows), batch_size), desc=desc, leave=False, disable=not progress):
         x = windows[i:i + batch_size].to(device)  # (b, T)
         logits = model(x[:, :-1]).float()  # (b, T-1, vocab)
-        nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
-                                                 reduction="sum").item()
+        nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                                 x[:, 1:].reshape(-1), reduction="sum").item()
         count += x[:, 1:].numel()
     return math.exp(nll / count), len(windows)
 
@@ -55,64 +58,83 @@ class LogProb:
         cont = self.tok.encode(continuation, bos=False)
         if prompt != self._prompt:
             ids = self.tok.encode(prompt)
-            ids = ids[:1] + ids[1:][-(self.max_len - len(cont) - 8):]  # keep BOS, drop the oldest context
+            ids = ids[:1] + ids[1:][-(self.max_len - len(cont) - 8):]  # keep BOS, drop the oldest
             caches = [[None, None] for _ in self.model.model.layers]
             logits = self.model(torch.tensor([ids], device=self.device), caches=caches)
             self._prompt, self._cache, self._len = prompt, caches, len(ids)
-            self._last = logits[0, -1].float().log_softmax(-1)  # (vocab,) distribution of the first new token
-        caches = [[k, v] for k, v in self._cache]  # a shallow copy: the model never mutates cached tensors
+            self._last = logits[0, -1].float().log_softmax(-1)  # (vocab,) of the first new token
+        caches = [[k, v] for k, v in self._cache]  # shallow copy: the model never mutates the cache
         lp = self._last[cont[0]].item()
         if len(cont) > 1:
-            logits = self.model(torch.tensor([cont[:-1]], device=self.device), caches=caches, start=self._len)
+            logits = self.model(torch.tensor([cont[:-1]], device=self.device), caches=caches,
+                                start=self._len)  # (1, len-1, vocab)
             lps = logits[0].float().log_softmax(-1)  # (len-1, vocab)
             lp += lps.gather(1, torch.tensor(cont[1:], device=self.device)[:, None]).sum().item()
         return lp
 
 
-def evaluate(model, tok, domain, splits=None, data_dir=None, seq_len=256, max_windows=32, pubmedqa_n=None,
-             batch_size=4, progress=True, log=print):
-    """All metrics that the available data allow. Returns {name: {"value", "split", "seq_len", "windows"}}.
-    Missing benchmark files are skipped with a printed reason, never silently."""
-    metrics = {}
+@dataclass(frozen=True)
+class EvalOptions:
+    """What evaluate() measures on and how: every number is printed with these beside it."""
+    data_dir: Optional[str] = None  # benchmark assets (fileio.paths.assets_dir())
+    seq_len: int = 256
+    max_windows: Optional[int] = 32  # windows per perplexity; None = all
+    pubmedqa_n: Optional[int] = None  # PubMedQA questions; None = all
+    batch_size: int = 4
+    progress: bool = True
+
+
+def evaluate(model, tok, domain, splits=None, options=EvalOptions(), log=print):
+    """All metrics that the available data allow. Returns {name: {"value", "split", "seq_len",
+    "windows"}}. Missing benchmark files are skipped with a printed reason, never silently."""
+    o, metrics = options, {}
 
     def ppl(name, tokens, split):
-        w = data.windows(tokens, seq_len, max_windows)
-        v, n = perplexity(model, w, batch_size, desc=name, progress=progress)
-        metrics[name] = {"value": v, "split": split, "seq_len": seq_len, "windows": n}
-        log(f"  {name:<22} ppl {v:9.3f}   ({split}, seq_len {seq_len}, {n} windows)")
+        w = data.windows(tokens, o.seq_len, o.max_windows)
+        v, n = perplexity(model, w, o.batch_size, desc=name, progress=o.progress)
+        metrics[name] = {"value": v, "split": split, "seq_len": o.seq_len, "windows": n}
+        log(f"  {name:<22} ppl {v:9.3f}   ({split}, seq_len {o.seq_len}, {n} windows)")
 
     if splits is not None:
         ppl("domain_test_ppl", splits.test, f"{domain} test split")
-    bench, reasons = data.benchmarks(data_dir, domain)
+    bench, reasons = data.benchmarks(o.data_dir, domain)
     for r in reasons:
         log(f"  skipped: {r}")
-    need_chars = (max_windows or 10**6) * (seq_len + 1) * 6  # tokenize only the prefix the windows need
+    need_chars = (o.max_windows or 10**6) * (o.seq_len + 1) * 6  # tokenize only what windows need
     for name, text in bench.items():
         if isinstance(text, str):
             ids = tok.encode(text[:need_chars], bos=False)
             what = "test minus its calibration tenth" if name == "wikitext2" else "text"
-            ppl(f"{name}_ppl", torch.tensor(ids), f"{name} {what} ({'prefix' if len(text) > need_chars else 'all'})")
+            part = "prefix" if len(text) > need_chars else "all"
+            ppl(f"{name}_ppl", torch.tensor(ids), f"{name} {what} ({part})")
     if domain == "health" and "pubmedqa_items" in bench:
-        items = data.pubmedqa_sample(bench["pubmedqa_items"], pubmedqa_n)
-        acc = data.pubmedqa_accuracy(LogProb(model, tok), tqdm(items, desc="pubmedqa", leave=False,
-                                                               disable=not progress))
-        n_all = len(bench["pubmedqa_items"])
-        split = f"PubMedQA official test, {'all' if len(items) == n_all else 'a fixed random'} {len(items)} of {n_all} questions"
-        majority = max(sum(it["answer"] == c for it in items) for c in data.CHOICES) / len(items)
-        metrics["pubmedqa_acc"] = {"value": acc, "split": split, "questions": len(items), "majority_class": majority}
-        log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   ({split}, zero-shot; always answering the commonest "
-            f"answer scores {majority:.3f})")
+        metrics["pubmedqa_acc"] = pubmedqa(model, tok, bench["pubmedqa_items"], o, log)
     return metrics
 
 
+def pubmedqa(model, tok, all_items, options, log=print):
+    """Zero-shot PubMedQA accuracy on options.pubmedqa_n of the official test questions, with the
+    accuracy of always answering the commonest answer beside it."""
+    items = benchmarks.pubmedqa_sample(all_items, options.pubmedqa_n)
+    questions = tqdm(items, desc="pubmedqa", leave=False, disable=not options.progress)
+    acc = benchmarks.pubmedqa_accuracy(LogProb(model, tok), questions)
+    n_all = len(all_items)
+    which = "all" if len(items) == n_all else "a fixed random"
+    split = f"PubMedQA official test, {which} {len(items)} of {n_all} questions"
+    majority = max(sum(it["answer"] == c for it in items) for c in benchmarks.CHOICES) / len(items)
+    log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   ({split}, zero-shot; always answering the "
+        f"commonest answer scores {majority:.3f})")
+    return {"value": acc, "split": split, "questions": len(items), "majority_class": majority}
+
+
 # -----------------------------------------------------------------------------
-# the command line (--compare and --mask-overlap: bench/report.py)
+# the command line (--compare and --mask-overlap: fileio/report.py)
 
 def corpus_of(config):
     return config.get("domain") or config.get("data")
 
 
-def check_same_corpus(paths, report):
+def check_same_corpus(paths):
     """--compare reads a run's ppl relative to another's: meaningless across corpora."""
     corpora = {p: corpus_of(report.read_run(p)["config"]) for p in paths}
     if len(set(corpora.values())) > 1:
@@ -133,72 +155,109 @@ def check_corpus(path, record, splits):
                              "(its test split would hold other documents, perhaps trained-on "
                              "ones); restore it as it was")
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a train.py run or any Llama folder; compare runs; mask overlap.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Evaluate a train.py run or any Llama folder; compare runs; mask overlap.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("paths", nargs="*", help="a run / model folder (or several with --compare / --mask-overlap)")
     a("--compare", action="store_true", help="markdown table of several runs' run.json metrics")
-    a("--mask-overlap", action="store_true", help="per-matrix IoU of the pruning masks of several runs")
+    a("--mask-overlap", action="store_true",
+      help="per-matrix IoU of the pruning masks of several runs")
     a("--png", help="with --mask-overlap: save a heatmap here (needs matplotlib)")
     a("--domain", choices=data.DOMAINS, help="domain of the benchmark sets (default: the run's)")
-    a("--data-dir", default=None, help="benchmark assets; default $XPERT_ASSETS, ../shared/assets, assets/")
-    a("--seq-len", type=int, default=None, help="evaluation window length (default: the run's, else 256)")
-    a("--windows", type=int, default=None, help="windows per perplexity, 0 = all (default: the run's --eval-windows, else 32)")
-    a("--pubmedqa-n", type=int, default=None, help="PubMedQA questions, 0 = all 500 (default: the run's --pubmedqa-n, else all)")
+    a("--data-dir", default=None,
+      help="benchmark assets; default $XPERT_ASSETS, ../shared/assets, assets/")
+    a("--seq-len", type=int, default=None,
+      help="evaluation window length (default: the run's, else 256)")
+    a("--windows", type=int, default=None,
+      help="windows per perplexity, 0 = all (default: the run's --eval-windows, else 32)")
+    a("--pubmedqa-n", type=int, default=None,
+      help="PubMedQA questions, 0 = all 500 (default: the run's --pubmedqa-n, else all)")
     a("--batch-size", type=int, default=4)
     a("--device", default="auto")
     a("--dtype", default="auto")
     a("--prune", choices=("magnitude", "wanda", "sparsegpt"),
-      help="prune the folder one-shot first (no training): what pruning alone costs, e.g. the base model")
+      help="prune the folder one-shot first (no training): what pruning alone costs, e.g. the "
+           "base model")
     a("--sparsity", type=float, default=0.4, help="with --prune")
-    a("--calib-samples", type=int, default=16, help="with --prune: windows of the domain's calib split")
+    a("--calib-samples", type=int, default=16,
+      help="with --prune: windows of the domain's calib split")
     a("--out", help="write the metrics as JSON here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run_splits(path, record, domain, tok):
+    """The splits of the run's corpus (or of --domain), None without one. The cache is keyed by
+    vocabulary: the run's own splits come back."""
+    run = record.get("config", {})
+    if not (domain or run.get("data")):
+        return None
+    options = data.SplitOptions(seed=run.get("seed", 0), max_docs=run.get("max_docs"),
+                                max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
+    splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"),
+                          tokenizer=tok, options=options)
+    if domain == run.get("domain"):  # the run's own corpus: its test split held out?
+        check_corpus(path, record, splits)
+    return splits
+
+
+def prune_oneshot(model, splits, args, seq_len, seed, domain):
+    """--prune: the one-shot baselines of docs/paper.md §6 on a folder's weights, calibrated on
+    the domain -> the measured sparsity."""
+    if splits is None:
+        raise ModelError("--prune needs a domain (--domain legal/health) for its calibration text")
+    calib = data.calib_windows(splits.calib, args.calib_samples, seq_len, seed)  # (N, T)
+    xpert.prune_oneshot(model, calib, args.prune, args.sparsity)
+    sp = xpert.sparsity_report(model)["overall"]  # measured once: the weights do not change below
+    print(f"  pruned one-shot with {args.prune} at {args.sparsity:g} ({len(calib)}×{seq_len} "
+          f"calibration tokens, {domain} calib split): sparsity {sp:.4f}")
+    return sp
+
+
+def evaluate_path(path, args, device, dtype):
+    """eval.py on one folder, with the run's own settings where it has a run.json (so the numbers
+    compare with its run.json) -> {"metrics", "sparsity"[, "pruned"]}."""
+    record = report.read_run(path) if os.path.exists(os.path.join(path, "run.json")) else {}
+    run = record.get("config", {})
+    domain = args.domain or run.get("domain")
+    seq_len = args.seq_len or run.get("seq_len", 256)
+    windows = args.windows if args.windows is not None else run.get("eval_windows", 32)
+    pubmedqa_n = args.pubmedqa_n if args.pubmedqa_n is not None else run.get("pubmedqa_n", 0)
+    print(f"{path}: (domain {domain or 'none'}, device {device}/{dtype}, seq_len {seq_len}, "
+          f"{windows or 'all'} windows per perplexity)")
+    model = LLaMA.from_pretrained(path, device=device, dtype=getattr(torch, dtype))
+    tok = Tokenizer(path)
+    splits = run_splits(path, record, domain, tok)
+    if args.prune:
+        sp = prune_oneshot(model, splits, args, seq_len, run.get("seed", 0), domain)
+    else:
+        sp = report.folder_sparsity(path)["overall"]
+    options = EvalOptions(data_dir=args.data_dir or paths.assets_dir(), seq_len=seq_len,
+                          max_windows=windows or None, pubmedqa_n=pubmedqa_n or None,
+                          batch_size=args.batch_size)
+    # a plain folder with no domain still gets the general-ability check (WikiText-2)
+    m = evaluate(model, tok, domain or ("general" if splits is None else None), splits, options)
+    print(f"  {'sparsity (pruned)' if args.prune else 'sparsity (saved)':<22} {sp:.4f}   "
+          "(zeros / weights of the 7 projections of every block)")
+    return {"metrics": m, "sparsity": sp,
+            **({"pruned": [args.prune, args.sparsity]} if args.prune else {})}
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
-        from bench import report
-        check_eval_options(args)  # folders exist, --sparsity in [0, 1), --out writable: before any model loads
-        if args.compare or args.mask_overlap:
-            if args.compare:
-                check_same_corpus(args.paths, report)
-            print(report.compare(args.paths) if args.compare else report.mask_overlap(args.paths, args.png))
+        check_eval_options(args)  # folders exist, --sparsity in [0, 1), --out writable: first
+        if args.compare:
+            check_same_corpus(args.paths)
+            print(report.compare(args.paths))
+            return 0
+        if args.mask_overlap:
+            print(report.mask_overlap(args.paths, args.png))
             return 0
         device, dtype = paths.device_dtype(args.device, args.dtype)
-        results = {}
-        for path in args.paths:
-            record = report.read_run(path) if os.path.exists(os.path.join(path, "run.json")) else {}
-            run = record.get("config", {})
-            domain = args.domain or run.get("domain")
-            seq_len = args.seq_len or run.get("seq_len", 256)  # the run's own settings: numbers comparable to run.json
-            windows = args.windows if args.windows is not None else run.get("eval_windows", 32)
-            pubmedqa_n = args.pubmedqa_n if args.pubmedqa_n is not None else run.get("pubmedqa_n", 0)
-            print(f"{path}: (domain {domain or 'none'}, device {device}/{dtype}, seq_len {seq_len}, "
-                  f"{windows or 'all'} windows per perplexity)")
-            model = LLaMA.from_pretrained(path, device=device, dtype=getattr(torch, dtype))
-            tok = Tokenizer(path)
-            splits = None
-            if domain or run.get("data"):  # the cache is keyed by vocabulary: the run's own splits come back
-                splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"), tokenizer=tok,
-                                      seed=run.get("seed", 0), max_docs=run.get("max_docs"),
-                                      max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
-                if domain == run.get("domain"):  # the run's own corpus: its test split held out?
-                    check_corpus(path, record, splits)
-            if args.prune:  # the one-shot baselines of docs/paper.md §6 on this folder's weights, calibrated on the domain
-                if splits is None:
-                    raise ModelError("--prune needs a domain (--domain legal/health) for its calibration text")
-                calib = data.calib_windows(splits.calib, args.calib_samples, seq_len, run.get("seed", 0))  # (N, T)
-                xpert.prune_oneshot(model, calib, args.prune, args.sparsity)
-                sp = xpert.sparsity_report(model)["overall"]  # measured once: the weights do not change below
-                print(f"  pruned one-shot with {args.prune} at {args.sparsity:g} ({len(calib)}×{seq_len} calibration "
-                      f"tokens, {domain} calib split): sparsity {sp:.4f}")
-            else:
-                sp = report.folder_sparsity(path)["overall"]
-            # a plain folder with no domain still gets the general-ability check (WikiText-2)
-            m = evaluate(model, tok, domain or ("general" if splits is None else None), splits,
-                         args.data_dir or paths.assets_dir(), seq_len, windows or None, pubmedqa_n or None, args.batch_size)
-            print(f"  {'sparsity (pruned)' if args.prune else 'sparsity (saved)':<22} {sp:.4f}   "
-                  "(zeros / weights of the 7 projections of every block)")
-            results[path] = {"metrics": m, "sparsity": sp, **({"pruned": [args.prune, args.sparsity]} if args.prune else {})}
+        results = {path: evaluate_path(path, args, device, dtype) for path in args.paths}
         if args.out:
             write_json(args.out, results)  # atomic: a full disk leaves no empty or half file
         return 0
@@ -206,7 +265,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}",
+              file=sys.stderr)
         return 2
 
 

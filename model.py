@@ -35,7 +35,7 @@ class LlamaConfig:
     head_dim: Optional[int] = None  # None = hidden_size // num_attention_heads
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_scaling: Optional[dict] = None  # None, {"rope_type": "llama3", ...} or {"rope_type": "linear", ...}
+    rope_scaling: Optional[dict] = None  # None or {"rope_type": "llama3" | "linear", ...}
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     bos_token_id: Optional[int] = 1
@@ -56,7 +56,8 @@ class LlamaConfig:
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"{self.num_attention_heads} query heads do not group evenly over {self.num_key_value_heads} KV heads")
+            raise ValueError(f"{self.num_attention_heads} query heads do not group evenly over "
+                             f"{self.num_key_value_heads} KV heads")
 
     @classmethod
     def from_dict(cls, d: dict, where="config.json") -> "LlamaConfig":
@@ -67,7 +68,7 @@ class LlamaConfig:
             raise ModelError(f"{where}: invalid LLaMA config ({e})")
 
     def to_dict(self) -> dict:
-        """The Hugging Face config.json (legacy rope keys: every transformers version reads them)."""
+        """The Hugging Face config.json (legacy rope keys: all transformers versions read them)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         arch = ARCHITECTURES.get(self.model_type, "LlamaForCausalLM")
         d.update(architectures=[arch], hidden_act="silu", mlp_bias=False)
@@ -90,7 +91,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # normalise in float32 and cast back before the gain, exactly as Hugging Face does (bf16 parity)
+        # normalise in float32, cast back before the gain, exactly as Hugging Face (bf16 parity)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -99,7 +100,8 @@ class RMSNorm(nn.Module):
 def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
     """Inverse frequencies of rotary embedding, with llama3 / linear scaling when configured."""
     hd = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device="cpu").float() / hd))  # (hd/2,)
+    dims = torch.arange(0, hd, 2, dtype=torch.int64, device="cpu").float()  # (hd/2,)
+    inv = 1.0 / (cfg.rope_theta ** (dims / hd))  # (hd/2,)
     rs = cfg.rope_scaling or {}
     kind = rs.get("rope_type", rs.get("type", "default"))
     if kind == "linear":
@@ -118,9 +120,10 @@ def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
 
 
 def apply_rope(x, cos, sin):
-    """Rotate-half RoPE, x (B, H, T, hd), cos/sin (T, hd): x*cos + rotate_half(x)*sin, as Hugging Face.
-    rotate_half(x) = cat(-x2, x1) equals roll(x, hd/2) with its first half negated, so we fold that sign into
-    sin: same numbers bit for bit, one cheap roll instead of chunk + neg + cat over the whole of x."""
+    """Rotate-half RoPE, x (B, H, T, hd), cos/sin (T, hd): x*cos + rotate_half(x)*sin, as Hugging
+    Face. rotate_half(x) = cat(-x2, x1) equals roll(x, hd/2) with its first half negated, so we fold
+    that sign into sin: same numbers bit for bit, one cheap roll instead of chunk + neg + cat over
+    the whole of x."""
     h = x.shape[-1] // 2
     sin_signed = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)  # (T, hd), tiny
     return x * cos + x.roll(h, dims=-1) * sin_signed
@@ -129,7 +132,8 @@ def apply_rope(x, cos, sin):
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.n_head, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.n_head, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.hd = cfg.head_dim
         self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.hd, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
@@ -151,13 +155,15 @@ class Attention(nn.Module):
         if cache is not None:  # cache = [k, v] of earlier positions, extended in place
             if cache[0] is not None:
                 past = cache[0].shape[2]
-                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (B, Hkv, past+T, hd)
+                k = torch.cat([cache[0], k], 2)  # (B, Hkv, past+T, hd)
+                v = torch.cat([cache[1], v], 2)  # (B, Hkv, past+T, hd)
             cache[0], cache[1] = k, v
-        # GQA: every KV head serves n_head // n_kv consecutive query heads; SDPA's enable_gqa does that
-        # grouping itself, without materialising repeated K/V (the repeat_interleave Hugging Face's repeat_kv does)
+        # GQA: every KV head serves n_head // n_kv consecutive query heads; SDPA's enable_gqa does
+        # that grouping itself, without materialising repeated K/V (as HF's repeat_kv does)
         gqa = self.n_kv != self.n_head
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)  # (B, H, T, hd)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                               enable_gqa=gqa)  # (B, H, T, hd)
         else:  # new tokens see all cached positions and the causal part of themselves
             S = k.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, S)
@@ -213,18 +219,19 @@ class LLaMA(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.inv_freq = rope_inv_freq(cfg)  # a plain tensor, not a buffer: it is derived, never saved
+        self.inv_freq = rope_inv_freq(cfg)  # a plain tensor, not a buffer: derived, never saved
         self.source_dir = None  # the folder we were loaded from (for its tokenizer files)
 
     def rope(self, start, T, device, dtype):
-        """cos, sin of positions start..start+T-1, each (T, head_dim); computed in float32 like HF."""
+        """cos, sin of positions start..start+T-1, each (T, head_dim); in float32 like HF."""
         pos = torch.arange(start, start + T, device=device, dtype=torch.float32)
         freqs = torch.outer(pos, self.inv_freq.to(device))  # (T, hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def embed(self, idx, start=0):
-        """Token embeddings and the rotary tables: the inputs of block 0 (xpert.py drives blocks itself)."""
+        """Token embeddings and the rotary tables: the inputs of block 0 (xpert.py drives the
+        blocks itself)."""
         x = self.model.embed_tokens(idx)  # (B, T, d)
         cos, sin = self.rope(start, idx.shape[1], idx.device, x.dtype)
         return x, cos, sin
@@ -233,22 +240,25 @@ class LLaMA(nn.Module):
         return self.lm_head(self.model.norm(x))  # (B, T, vocab)
 
     def forward(self, idx, targets=None, caches=None, start=0):
-        """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T), also the mean cross-entropy
-        (targets of -100 are ignored)."""
+        """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T), also the mean
+        cross-entropy (targets of -100 are ignored)."""
         x, cos, sin = self.embed(idx, start)
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, None if caches is None else caches[i])
         logits = self.head(x)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-100)
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_token_id=None, use_cache=True):
-        """Continue idx (B, T). temperature 0 = greedy. Stops early when every row has produced eos."""
+    def generate(self, idx, max_new_tokens, temperature=0.0, top_k=None, eos_token_id=None,
+                 use_cache=True):
+        """Continue idx (B, T). temperature 0 = greedy. Stops early once every row produced eos."""
         caches = [[None, None] for _ in self.model.layers] if use_cache else None
-        eos = list(dict.fromkeys([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or [])))
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or [])
+        eos = list(dict.fromkeys(eos))
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         inp, start = idx, 0
         for _ in range(max_new_tokens):
@@ -261,7 +271,7 @@ class LLaMA(nn.Module):
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), 1)
-            if eos:  # a finished row keeps emitting eos (as transformers pads it), not arbitrary tokens
+            if eos:  # a finished row keeps emitting eos (as transformers pads), not any token
                 nxt = nxt.masked_fill(done[:, None], eos[0])
             idx = torch.cat([idx, nxt], dim=1)
             if use_cache:
@@ -282,7 +292,7 @@ class LLaMA(nn.Module):
         """Load a Hugging Face Llama/Mistral/Qwen2/Qwen3 folder, asserting every key and shape;
         no path = the default model."""
         if path is None:
-            from fileio.gguf_convert import default_model_dir  # SmolLM2-135M, converted from its GGUF once
+            from fileio.gguf_convert import default_model_dir  # SmolLM2-135M, from its GGUF once
             path = default_model_dir()
         path = str(path)
         cfg = LlamaConfig.from_dict(read_config_dict(path), where=f"{path}/config.json")
@@ -293,12 +303,13 @@ class LLaMA(nn.Module):
         if cfg.tie_word_embeddings:
             expected.pop("lm_head.weight")
             sd.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
-        sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}  # derived, never loaded
-        check_state_dict(sd, expected, path)  # every key and shape as config.json says, every weight finite
+        sd = {k: v for k, v in sd.items()
+              if not k.endswith("rotary_emb.inv_freq")}  # derived, never loaded
+        check_state_dict(sd, expected, path)  # keys and shapes as config.json says, weights finite
         model.load_state_dict({k: sd[k].to(device=device, dtype=dtype) for k in expected},
                               strict=not cfg.tie_word_embeddings, assign=True)
         if cfg.tie_word_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight  # assign= broke the tie: restore it
+            model.lm_head.weight = model.model.embed_tokens.weight  # assign= broke the tie: restore
         model.source_dir = path
         return model.eval()
 
@@ -307,7 +318,8 @@ class LLaMA(nn.Module):
         sd = self.state_dict()
         if self.config.tie_word_embeddings:
             sd.pop("lm_head.weight")
-        cfg = dict(self.config.to_dict(), torch_dtype=str(next(iter(sd.values())).dtype).replace("torch.", ""))
+        dtype = str(next(iter(sd.values())).dtype).replace("torch.", "")
+        cfg = dict(self.config.to_dict(), torch_dtype=dtype)
         save_folder(path, cfg, sd, tokenizer_dir or self.source_dir)
 
 
@@ -315,8 +327,10 @@ class LLaMA(nn.Module):
 # Command line: continue a prompt
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Continue a prompt with a LLaMA (default: SmolLM2-135M-Instruct).")
-    p.add_argument("--model", default=None, help="Hugging Face Llama folder (default: SmolLM2-135M-Instruct)")
+    p = argparse.ArgumentParser(
+        description="Continue a prompt with a LLaMA (default: SmolLM2-135M-Instruct).")
+    p.add_argument("--model", default=None,
+                   help="Hugging Face Llama folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--prompt", default="Once upon a time")
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -326,8 +340,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args(argv)
     try:
-        if not (args.max_new_tokens >= 0 and 0 <= args.temperature < float("inf") and (args.top_k is None or args.top_k >= 1)):
-            raise ValueError("--max-new-tokens and --temperature must be >= 0 and finite, --top-k >= 1")
+        if not (args.max_new_tokens >= 0 and 0 <= args.temperature < float("inf")
+                and (args.top_k is None or args.top_k >= 1)):
+            raise ValueError("--max-new-tokens and --temperature must be >= 0 and finite, "
+                             "--top-k >= 1")
         try:  # bytes that are not UTF-8 arrive as lone surrogates (PEP 383): no tokenizer takes
             args.prompt.encode("utf-8")
         except UnicodeEncodeError as e:
@@ -344,13 +360,15 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     ids = tok.encode(args.prompt) or ([tok.bos_id] if tok.bos_id is not None else [])
     if not ids:
-        print("error: empty prompt and the tokenizer has no BOS token to start from", file=sys.stderr)
+        print("error: empty prompt and the tokenizer has no BOS token to start from",
+              file=sys.stderr)
         return 2
     if len(ids) + args.max_new_tokens > model.config.max_position_embeddings:
-        print(f"warning: prompt + new tokens = {len(ids) + args.max_new_tokens} is beyond the model's context "
-              f"({model.config.max_position_embeddings} positions): the output there means little", file=sys.stderr)
-    out = model.generate(torch.tensor([ids], device=device), args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k, eos_token_id=tok.eos_ids)
+        print(f"warning: prompt + new tokens = {len(ids) + args.max_new_tokens} is beyond the "
+              f"model's context ({model.config.max_position_embeddings} positions): the output "
+              "there means little", file=sys.stderr)
+    out = model.generate(torch.tensor([ids], device=device), args.max_new_tokens,
+                         temperature=args.temperature, top_k=args.top_k, eos_token_id=tok.eos_ids)
     print(tok.decode(out[0].tolist()))  # the prompt and its continuation, as one text
     return 0
 

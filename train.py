@@ -34,6 +34,8 @@ from tqdm import tqdm
 import data
 import eval as evaluation  # eval.py: perplexity and task metrics
 import xpert
+from corpora import benchmarks
+from corpora.text import load_corpus
 from data import DataError
 from fileio import paths
 from fileio.hf import ModelError, read_config_dict
@@ -313,8 +315,8 @@ def load_inputs(args, log):
                                   dtype=getattr(torch, args.dtype))
     tok = Tokenizer(model.source_dir)
     check_fits(model, tok, args)
-    splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, seed=args.seed,
-                          max_docs=args.max_docs, max_chars=args.max_chars)
+    options = data.SplitOptions(seed=args.seed, max_docs=args.max_docs, max_chars=args.max_chars)
+    splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, options=options)
     log(splits.summary())
     need = args.batch_size * (args.seq_len + 1)
     if len(splits.train) < need:
@@ -323,11 +325,12 @@ def load_inputs(args, log):
                         "use a larger corpus")
     name, calib_tokens = "calib", splits.calib
     if args.calib == "general":  # WikiText-2's calibration tenth, never the part scored
-        if not os.path.exists(os.path.join(args.data_dir, data.WIKITEXT2_FILE)):
+        if not os.path.exists(os.path.join(args.data_dir, benchmarks.WIKITEXT2_FILE)):
             raise DataError(f"--calib general needs WikiText-2 in --data-dir "
-                            f"({data.WIKITEXT2_FILE})")
+                            f"({benchmarks.WIKITEXT2_FILE})")
         name = "WikiText-2 calibration tenth"
-        calib_tokens = torch.tensor(tok.encode(data.wikitext2_parts(args.data_dir)[1], bos=False))
+        calib_text = benchmarks.wikitext2_parts(args.data_dir)[1]
+        calib_tokens = torch.tensor(tok.encode(calib_text, bos=False))
     calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed, name=name)
     test_w = data.windows(splits.test, args.seq_len, args.eval_windows or None)
     warn_context(model, args.seq_len)  # after the data checks: their error is the line a user needs
@@ -379,7 +382,7 @@ def main(argv=None):
         if args.model is not None:  # the model folder and the corpus: checked before any write
             read_config_dict(args.model)
         if args.data is not None:
-            data.load_corpus(args.data)
+            load_corpus(args.data)
         join_process_group(args)
         peer = SimpleNamespace(work=args.out + ".partial", finished=False)  # reads rank 0's
         with RunFolder(args.out, args.resume, args.overwrite) if rank0 else \
@@ -398,9 +401,10 @@ def main(argv=None):
             report = xpert.sparsity_report(model)
             log(f"measured sparsity of the adapted projections: {report['overall']:.4f}")
             log("expert:")
-            metrics = evaluation.evaluate(
-                model, tok, args.domain, splits, args.data_dir, seq_len=args.seq_len,
-                max_windows=args.eval_windows or None, pubmedqa_n=args.pubmedqa_n or None, log=log)
+            options = evaluation.EvalOptions(
+                data_dir=args.data_dir, seq_len=args.seq_len, max_windows=args.eval_windows or None,
+                pubmedqa_n=args.pubmedqa_n or None)
+            metrics = evaluation.evaluate(model, tok, args.domain, splits, options, log=log)
             result = record(args, run, metrics, report, time.time() - t_start)
             result["corpus"] = splits.meta["corpus"]  # eval.py refuses a corpus edited since
             rf.finish(model, result, log, summary_line(args, result))  # folder, run.json, publish

@@ -38,7 +38,8 @@ def tiny_run(update="output", dtype=torch.float64, lr=5e-3, steps=40, on_event=N
     PruneConfig(0.4, update=update, lam=0): λ = 0 so the recomputation is an exact lstsq."""
     model = LLaMA.from_pretrained(paths.tiny_model_dir(), dtype=dtype)
     tok = Tokenizer(model.source_dir)
-    splits = data.prepare(domain="legal", tokenizer=tok, seed=seed, max_docs=200, progress=False)
+    splits = data.prepare(domain="legal", tokenizer=tok,
+                          options=data.SplitOptions(seed=seed, max_docs=200), progress=False)
     calib = data.calib_windows(splits.calib, 8, 128, seed)  # (8, 128)
     torch.manual_seed(seed)
     xpert.add_lora(model)

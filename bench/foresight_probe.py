@@ -94,7 +94,7 @@ def main():
     model = LLaMA.from_pretrained(a.model)
     model.requires_grad_(False)
     tok = Tokenizer(model.source_dir)
-    splits = data.prepare(domain=a.domain, tokenizer=tok, seed=a.seed)
+    splits = data.prepare(domain=a.domain, tokenizer=tok, options=data.SplitOptions(seed=a.seed))
     calib = data.calib_windows(splits.calib, a.calib_samples, a.seq_len, a.seed)  # (N, T)
     held = data.windows(splits.test, a.seq_len, a.heldout)  # (W, T), other documents
     cfg, layers = model.config, model.model.layers

@@ -26,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root: train.py lives there
 sys.path.insert(0, HERE)
 
-from bench.report import relative  # noqa: E402
+from fileio.report import relative  # noqa: E402
 from fileio.runs import resumable  # noqa: E402
 
 RECORD = os.path.join(HERE, "results", "grid.json")

@@ -136,7 +136,7 @@ def main():
     for prm in model.parameters():
         prm.requires_grad_(False)
     tok = Tokenizer(model.source_dir)
-    splits = data.prepare(domain=a.domain, tokenizer=tok, seed=a.seed)
+    splits = data.prepare(domain=a.domain, tokenizer=tok, options=data.SplitOptions(seed=a.seed))
     calib = data.calib_windows(splits.calib, a.calib_samples, a.seq_len, a.seed)  # (N, T)
     held = data.windows(splits.test, a.seq_len, a.heldout)  # (W, T), disjoint documents
     cfg = model.config

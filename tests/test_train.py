@@ -424,7 +424,8 @@ def test_eval_prune_oneshot_matches_direct_computation(tiny_model_dir, cache, tm
     from model import LLaMA, Tokenizer
     monkeypatch.setenv("XPERT_CACHE", str(cache))
     m = LLaMA.from_pretrained(tiny_model_dir)
-    splits = data.prepare(domain="legal", tokenizer=Tokenizer(tiny_model_dir), seed=0, progress=False)
+    splits = data.prepare(domain="legal", tokenizer=Tokenizer(tiny_model_dir),
+                          options=data.SplitOptions(seed=0), progress=False)
     dense = evaluation.perplexity(m, data.windows(splits.test, 64, 3), progress=False)[0]
     xpert.prune_oneshot(m, data.calib_windows(splits.calib, 4, 64, 0), "wanda", 0.5)
     ppl = evaluation.perplexity(m, data.windows(splits.test, 64, 3), progress=False)[0]
