@@ -28,7 +28,6 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import data
@@ -39,7 +38,7 @@ from corpora.text import load_corpus
 from data import DataError
 from fileio import paths
 from fileio.hf import ModelError, read_config_dict
-from fileio.parallel import (RanksDisagree, SliceDropout, from_rank0, global_mean,
+from fileio.parallel import (RanksDisagree, data_parallel, from_rank0, global_mean,
                             join_process_group, rank_world, ranks_agree, torchrun_env)
 from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, diverged,
                          eta_minutes, interrupted, load_checkpoint, peak_memory_mb, rng_state,
@@ -198,20 +197,10 @@ def train(args, cfg, log, rf):
         timings.append(rec)
     xpert.add_lora(model, rank=args.rank, alpha=args.alpha, dropout=args.dropout, masks=masks)
     opt = torch.optim.AdamW(xpert.lora_parameters(model), lr=args.lr, weight_decay=0.0)
-    net = model  # what the steps call: under torchrun, DDP averages the adapters' gradients
-    if dist.is_initialized():  # buffers (the masks) are not broadcast: every rank computes them
-        for _, lin in xpert.lora_layers(model) if world > 1 else ():
-            lin.dropout = SliceDropout(args.dropout, rank, world)
-        net = DistributedDataParallel(model, init_sync=False, forward_sync_buffers=False)
+    net = data_parallel(model, [lin for _, lin in xpert.lora_layers(model)], args.dropout)
     step, k, ema_state, losses = 0, 0, None, []  # k: prune events done
     if resumed:  # the interrupted run's exact state, or a one-line refusal (other options, corpus)
-        if rank:  # after rank 0's load, which also deletes the killed attempt's stale event files
-            dist.barrier()
-        ck = load_checkpoint(rf.work, model, device, vars(args), splits.meta["corpus"], log)
-        if rank == 0 and world > 1:
-            dist.barrier()
-        step, k, ema_state, losses, timings, base = (ck[n] for n in RESUMED)
-        opt.load_state_dict(ck["opt"])
+        step, k, ema_state, losses, timings, base = resume(rf, model, opt, args, splits, log)
 
     batches = data.batches(splits.train, args.batch_size, args.seq_len, args.seed, start_step=step)
     model.train()
@@ -265,6 +254,20 @@ def train(args, cfg, log, rf):
 
 
 RESUMED = ("step", "events_done", "state", "losses", "timings", "base")  # a checkpoint's loop state
+
+
+def resume(rf, model, opt, args, splits, log):
+    """The interrupted run's loop state (RESUMED) from rf.work's checkpoint into model and opt.
+    Under torchrun rank 0 loads first: it also deletes the killed attempt's stale event files."""
+    rank, world = rank_world()
+    if rank:
+        dist.barrier()
+    device = model.lm_head.weight.device
+    ck = load_checkpoint(rf.work, model, device, vars(args), splits.meta["corpus"], log)
+    if rank == 0 and world > 1:
+        dist.barrier()
+    opt.load_state_dict(ck["opt"])
+    return tuple(ck[n] for n in RESUMED)
 
 
 def keys(args, splits):

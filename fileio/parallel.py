@@ -5,6 +5,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 class RanksDisagree(Exception):
@@ -86,3 +87,15 @@ def ranks_agree(masks, what):
     if bad:
         raise RanksDisagree(f"the {len(every)} processes disagree on {bad} of {len(mine)} masks "
                             f"after {what}; stopped")
+
+
+def data_parallel(model, loras, dropout):
+    """What the training steps call: the model itself, or under torchrun DDP over its adapters
+    (it averages their gradients). The masks (buffers) are not broadcast: every rank computes
+    them; with N > 1 the adapters' dropout draws the one-process run's masks (SliceDropout)."""
+    if not dist.is_initialized():
+        return model
+    rank, world = rank_world()
+    for lin in loras if world > 1 else ():
+        lin.dropout = SliceDropout(dropout, rank, world)
+    return DistributedDataParallel(model, init_sync=False, forward_sync_buffers=False)
