@@ -40,7 +40,7 @@ from fileio import paths
 from fileio.hf import ModelError, read_config_dict
 from fileio.parallel import (RanksDisagree, data_parallel, from_rank0, global_mean,
                             join_process_group, rank_world, ranks_agree, torchrun_env)
-from fileio.runs import (Log, RunFolder, UsageError, check_fits, check_options, diverged,
+from fileio.runs import (Log, NotGiven, RunFolder, UsageError, check_fits, check_options, diverged,
                          eta_minutes, interrupted, load_checkpoint, peak_memory_mb, rng_state,
                          save_checkpoint, warn_context)
 from model import LLaMA, Tokenizer
@@ -71,7 +71,7 @@ METHODS = {  # §6: EfficientXpert and the baselines it is compared with
 _P = xpert.PruneConfig()
 DEFAULTS = dict(
     domain=None, data=None, data_dir=None, model=None, method="xpert", preset=None,
-    sparsity=None, nm=None, group=_P.group, foresight=_P.foresight, delta=_P.delta,
+    sparsity=NotGiven(_P.sparsity), nm=None, group=_P.group, foresight=_P.foresight, delta=_P.delta,
     pbs=_P.update, ema=_P.ema, pbs_lambda=_P.lam, a_init=_P.a_init, events="0.04,1.0",
     rank=8, alpha=16.0, dropout=0.05, lr=5e-4, warmup=0.05, steps=48, batch_size=4, seq_len=256,
     calib="domain", calib_samples=16, eval_windows=16, pubmedqa_n=100, max_docs=None,
@@ -95,8 +95,8 @@ def parse_args(argv=None):
     a("--method", choices=METHODS, help="xpert = ForeSight + PBS; lora = dense reference; "
                                         "the others: baselines")
     a("--preset", choices=PRESETS, help="tiny = stories260K, a small budget (explicit options win)")
-    a("--sparsity", type=float, help="fraction of zeros in every adapted projection, in [0, 1) "
-                                      f"(not given: {_P.sparsity:g}, or N/M with --nm)")
+    a("--sparsity", type=float, help="fraction of zeros in every adapted projection, in [0, 1); "
+                                      "with --nm: N/M")
     a("--nm", help="N:M semi-structured sparsity instead of --sparsity, e.g. 2:4")
     a("--group", choices=xpert.GROUPS, help="ForeSight selection group (docs/paper.md §4.3)")
     a("--foresight", choices=xpert.FORESIGHT, help="ForeSight score: eq2 = paper Eq. 2; code = the "

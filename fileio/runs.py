@@ -22,7 +22,6 @@ from corpora import DataError
 from fileio import paths
 from fileio.hf import TOKENIZER_FILES, ModelError, publish_dir
 from model import PROJECTIONS
-from xpert import PruneConfig
 
 
 class UsageError(Exception):
@@ -53,6 +52,11 @@ def peak_memory_mb(device):
 # options: every check before anything touches the disk
 
 
+class NotGiven(float):
+    """A default argparse keeps as it is (a typed value becomes a plain float): check_options tells
+    an explicit --sparsity 0.4 from the default 0.4."""
+
+
 def check_options(args, domains):
     if (args.domain is None) == (args.data is None):
         raise UsageError("give exactly one of --domain {legal,health} or --data PATH")
@@ -65,12 +69,11 @@ def check_options(args, domains):
             n, m = (int(v) for v in args.nm.split(":"))
         except ValueError:
             raise UsageError(f"--nm must look like N:M (e.g. 2:4), got {args.nm!r}")
-        if args.sparsity not in (None, n / m):  # an explicit --sparsity that --nm would drop
+        if not isinstance(args.sparsity, NotGiven) and args.sparsity != n / m:  # typed, dropped
             raise UsageError(f"--nm {n}:{m} prunes {n / m:g} of every weight group, not --sparsity "
                              f"{args.sparsity:g}: give one of the two")
         args.nm, args.sparsity = (n, m), n / m
-    if args.sparsity is None:  # not given: the paper's 40% (xpert.PruneConfig's default)
-        args.sparsity = PruneConfig.sparsity
+    args.sparsity = float(args.sparsity)
     try:
         args.events = sorted(float(f) for f in str(args.events).split(","))
     except ValueError:
