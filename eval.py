@@ -178,7 +178,7 @@ def parse_args(argv=None):
     a("--batch-size", type=int, default=4)
     a("--device", default="auto")
     a("--dtype", default="auto")
-    a("--prune", choices=("magnitude", "wanda", "sparsegpt"),
+    a("--prune", choices=xpert.ONESHOT,
       help="prune the folder one-shot first (no training): what pruning alone costs, e.g. the "
            "base model")
     a("--sparsity", type=float, default=0.4, help="with --prune")
