@@ -75,11 +75,13 @@ class LogProb:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What evaluate() measures on and how: every number is printed with these beside it."""
+    """What evaluate() measures on and how: every number is printed with these beside it. The
+    defaults are a train.py run's (train.DEFAULTS reads them here), so a plain folder evaluated
+    with eval.py's defaults compares with any run.json."""
     data_dir: Optional[str] = None  # benchmark assets (fileio.paths.assets_dir())
     seq_len: int = 256
-    max_windows: Optional[int] = 32  # windows per perplexity; None = all
-    pubmedqa_n: Optional[int] = None  # PubMedQA questions; None = all
+    max_windows: Optional[int] = 16  # windows per perplexity; None = all
+    pubmedqa_n: Optional[int] = 100  # PubMedQA questions (a fixed sample); None = all 500
     batch_size: int = 4
     progress: bool = True
 
@@ -107,24 +109,35 @@ def evaluate(model, tok, domain, splits=None, options=EvalOptions(), log=print):
             what = "test minus its calibration tenth" if name == "wikitext2" else "text"
             part = "prefix" if len(text) > need_chars else "all"
             ppl(f"{name}_ppl", torch.tensor(ids), f"{name} {what} ({part})")
-    if domain == "health" and "pubmedqa_items" in bench:
-        metrics["pubmedqa_acc"] = pubmedqa(model, tok, bench["pubmedqa_items"], o, log)
+    if "pubmedqa_items" in bench:
+        metrics["pubmedqa_acc"], metrics["pubmedqa_macro_f1"] = pubmedqa(
+            model, tok, bench["pubmedqa_items"], o, log)
     return metrics
 
 
 def pubmedqa(model, tok, all_items, options, log=print):
-    """Zero-shot PubMedQA accuracy on options.pubmedqa_n of the official test questions, with the
-    accuracy of always answering the commonest answer beside it."""
+    """Zero-shot PubMedQA on options.pubmedqa_n of the official test questions -> (accuracy,
+    macro-F1), each a metric. Accuracy is printed beside always answering the commonest answer and
+    beside the distribution of the model's answers: a shift of answer bias reads as one."""
     items = benchmarks.pubmedqa_sample(all_items, options.pubmedqa_n)
     questions = tqdm(items, desc="pubmedqa", leave=False, disable=not options.progress)
-    acc = benchmarks.pubmedqa_accuracy(LogProb(model, tok), questions)
-    n_all = len(all_items)
-    which = "all" if len(items) == n_all else "a fixed random"
-    split = f"PubMedQA official test, {which} {len(items)} of {n_all} questions"
-    majority = max(sum(it["answer"] == c for it in items) for c in benchmarks.CHOICES) / len(items)
+    answers = benchmarks.pubmedqa_answers(LogProb(model, tok), questions)
+    gold = [it["answer"] for it in items]
+    acc, f1 = benchmarks.accuracy(answers, gold), benchmarks.macro_f1(answers, gold)
+    which = "all" if len(items) == len(all_items) else "a fixed random"
+    split = f"PubMedQA official test, {which} {len(items)} of {len(all_items)} questions"
+    count = lambda xs: {c: xs.count(c) for c in benchmarks.CHOICES}  # noqa: E731
+    majority = max(count(gold).values()) / len(items)
+    said = " / ".join(f"{c} {n}" for c, n in count(answers).items())
     log(f"  {'pubmedqa_acc':<22} acc {acc:9.3f}   ({split}, zero-shot; always answering the "
-        f"commonest answer scores {majority:.3f})")
-    return {"value": acc, "split": split, "questions": len(items), "majority_class": majority}
+        f"commonest answer scores {majority:.3f}; answered {said}; gold "
+        f"{' / '.join(f'{c} {n}' for c, n in count(gold).items())})")
+    log(f"  {'pubmedqa_macro_f1':<22} F1  {f1:9.3f}   (macro-F1 over yes/no/maybe, same questions; "
+        f"a constant answer scores at most {benchmarks.macro_f1(['yes'] * len(gold), gold):.3f}"
+        f" with 'yes')")
+    context = {"split": split, "questions": len(items)}
+    return ({"value": acc, **context, "majority_class": majority, "answers": count(answers),
+             "gold": count(gold)}, {"value": f1, **context})
 
 
 # -----------------------------------------------------------------------------
@@ -170,11 +183,11 @@ def parse_args(argv=None):
     a("--data-dir", default=None,
       help="benchmark assets; default $XPERT_ASSETS, ../shared/assets, assets/")
     a("--seq-len", type=int, default=None,
-      help="evaluation window length (default: the run's, else 256)")
-    a("--windows", type=int, default=None,
-      help="windows per perplexity, 0 = all (default: the run's --eval-windows, else 32)")
-    a("--pubmedqa-n", type=int, default=None,
-      help="PubMedQA questions, 0 = all 500 (default: the run's --pubmedqa-n, else all)")
+      help=f"evaluation window length (default: the run's, else {RUN.seq_len})")
+    a("--windows", type=int, default=None, help="windows per perplexity, 0 = all (default: the "
+      f"run's --eval-windows, else a run's default, {RUN.max_windows})")
+    a("--pubmedqa-n", type=int, default=None, help="PubMedQA questions, 0 = all 500 (default: "
+      f"the run's --pubmedqa-n, else a run's default, {RUN.pubmedqa_n})")
     a("--batch-size", type=int, default=4)
     a("--device", default="auto")
     a("--dtype", default="auto")
@@ -195,7 +208,8 @@ def run_splits(path, record, domain, tok):
     if not (domain or run.get("data")):
         return None
     options = data.SplitOptions(seed=run.get("seed", 0), max_docs=run.get("max_docs"),
-                                max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS))
+                                max_chars=run.get("max_chars", data.DEFAULT_MAX_CHARS),
+                                assets=run.get("data_dir"))
     splits = data.prepare(domain=domain, data_path=None if domain else run.get("data"),
                           tokenizer=tok, options=options)
     if domain == run.get("domain"):  # the run's own corpus: its test split held out?
@@ -216,17 +230,33 @@ def prune_oneshot(model, splits, args, seq_len, seed, domain):
     return sp
 
 
+RUN = EvalOptions()  # what a train.py run measures with by default
+
+
+def warn_windowing(path, run, chosen):
+    """Loudly, when these numbers will not compare with the run's (or a default run's) own."""
+    ref = (run.get("seq_len", RUN.seq_len), run.get("eval_windows", RUN.max_windows) or None,
+           run.get("pubmedqa_n", RUN.pubmedqa_n) or None)
+    if chosen != ref:
+        whose = f"{path}'s run.json" if run else "a train.py run's defaults"
+        print(f"warning: measuring with (seq_len, windows, PubMedQA questions) = {chosen}, not "
+              f"{whose} {ref}: these numbers do not compare with that run.json's (None = all)",
+              file=sys.stderr)
+
+
 def evaluate_path(path, args, device, dtype):
     """eval.py on one folder, with the run's own settings where it has a run.json (so the numbers
     compare with its run.json) -> {"metrics", "sparsity"[, "pruned"]}."""
     record = report.read_run(path) if os.path.exists(os.path.join(path, "run.json")) else {}
     run = record.get("config", {})
     domain = args.domain or run.get("domain")
-    seq_len = args.seq_len or run.get("seq_len", 256)
-    windows = args.windows if args.windows is not None else run.get("eval_windows", 32)
-    pubmedqa_n = args.pubmedqa_n if args.pubmedqa_n is not None else run.get("pubmedqa_n", 0)
+    seq_len = args.seq_len or run.get("seq_len", RUN.seq_len)
+    windows = args.windows if args.windows is not None else run.get("eval_windows", RUN.max_windows)
+    pubmedqa_n = args.pubmedqa_n if args.pubmedqa_n is not None else \
+        run.get("pubmedqa_n", RUN.pubmedqa_n)
     print(f"{path}: (domain {domain or 'none'}, device {device}/{dtype}, seq_len {seq_len}, "
           f"{windows or 'all'} windows per perplexity)")
+    warn_windowing(path, run, (seq_len, windows or None, pubmedqa_n or None))
     model = LLaMA.from_pretrained(path, device=device, dtype=getattr(torch, dtype))
     tok = Tokenizer(path)
     splits = run_splits(path, record, domain, tok)

@@ -64,19 +64,20 @@ METHODS = {  # §6: EfficientXpert and the baselines it is compared with
     "wanda-lora": Method(prune_first="wanda"),  # prune first, then masked LoRA
 }
 
-# Every default in one place; the prune event's own come from xpert.PruneConfig (the paper's).
+# Every default in one place; the prune event's own come from xpert.PruneConfig (the paper's),
+# the evaluation's from eval.EvalOptions (which eval.py uses on a plain folder too).
 # events and steps were chosen by the grid (results/grid.json, RESULTS.md): one event at 4% (step 2
 # of 48, then masked repair) beat the paper's three, and at 48 steps the 40% experts of both
 # domains end below the dense base on their own domain.
-_P = xpert.PruneConfig()
+_P, _E = xpert.PruneConfig(), evaluation.EvalOptions()
 DEFAULTS = dict(
     domain=None, data=None, data_dir=None, model=None, method="xpert", preset=None,
     sparsity=NotGiven(_P.sparsity), nm=None, group=_P.group, foresight=_P.foresight, delta=_P.delta,
     pbs=_P.update, ema=_P.ema, pbs_lambda=_P.lam, a_init=_P.a_init, events="0.04,1.0",
     rank=8, alpha=16.0, dropout=0.05, lr=5e-4, warmup=0.05, steps=48, batch_size=4, seq_len=256,
-    calib="domain", calib_samples=16, eval_windows=16, pubmedqa_n=100, max_docs=None,
-    max_chars=2_000_000, device="auto", dtype="auto", seed=0, out=None, resume=False,
-    overwrite=False, ckpt_every=10,
+    calib="domain", calib_samples=16, eval_windows=_E.max_windows, pubmedqa_n=_E.pubmedqa_n,
+    max_docs=None, max_chars=2_000_000, device="auto", dtype="auto", seed=0, out=None,
+    resume=False, overwrite=False, ckpt_every=10,
 )
 # stories260K: < 1 min, < 1 GB; the paper's three events, so the classroom sees the EMA at work
 PRESETS = {"tiny": dict(model=paths.tiny_model_dir(), max_docs=200, steps=40, seq_len=128,
@@ -182,13 +183,13 @@ def lr_at(step, args):
 def train(args, cfg, log, rf):
     method = METHODS[args.method]
     rank, world = rank_world()  # (0, 1) without torchrun
-    model, tok, splits, calib, test_w = load_inputs(args, log)
+    model, tok, splits, calib = load_inputs(args, log)
     device = model.lm_head.weight.device
     event_at = [min(args.steps, round(f * args.steps)) for f in args.events] * method.events
     log_plan(log, args, model, event_at, calib)
     torch.manual_seed(args.seed)
     resumed = args.resume and os.path.exists(os.path.join(rf.work, "ckpt.pt"))
-    base = None if resumed or rank else measure_base(model, test_w, args,
+    base = None if resumed or rank else measure_base(model, tok, splits, args,
                                                       (method, event_at, calib), log)
     calib = calib.tensor_split(world)[rank]  # this rank's windows; the capture all-reduces its sums
     masks, timings = None, []
@@ -312,13 +313,14 @@ def forget_moments(opt, model, changed):
 
 
 def load_inputs(args, log):
-    """The model, tokenizer, splits, calibration windows (N, T) and test windows (W, T), with every
+    """The model, tokenizer, splits and calibration windows (N, T), with every
     check that would otherwise fail only after training."""
     model = LLaMA.from_pretrained(args.model, device=torch.device(args.device),
                                   dtype=getattr(torch, args.dtype))
     tok = Tokenizer(model.source_dir)
     check_fits(model, tok, args)
-    options = data.SplitOptions(seed=args.seed, max_docs=args.max_docs, max_chars=args.max_chars)
+    options = data.SplitOptions(seed=args.seed, max_docs=args.max_docs, max_chars=args.max_chars,
+                                assets=args.data_dir)
     splits = data.prepare(domain=args.domain, data_path=args.data, tokenizer=tok, options=options)
     log(splits.summary())
     need = args.batch_size * (args.seq_len + 1)
@@ -335,9 +337,9 @@ def load_inputs(args, log):
         calib_text = benchmarks.wikitext2_parts(args.data_dir)[1]
         calib_tokens = torch.tensor(tok.encode(calib_text, bos=False))
     calib = data.calib_windows(calib_tokens, args.calib_samples, args.seq_len, args.seed, name=name)
-    test_w = data.windows(splits.test, args.seq_len, args.eval_windows or None)
+    data.windows(splits.test, args.seq_len)  # one test window at least, or a one-line error now
     warn_context(model, args.seq_len)  # after the data checks: their error is the line a user needs
-    return model, tok, splits, calib, test_w
+    return model, tok, splits, calib
 
 
 def log_plan(log, args, model, event_at, calib):
@@ -355,18 +357,27 @@ def log_plan(log, args, model, event_at, calib):
             f"sequences of every batch and {len(calib) // n} calibration windows")
 
 
-def measure_base(model, test_w, args, plan, log):
-    """The dense base's domain test perplexity, and an ETA from its forward speed."""
+def measure_base(model, tok, splits, args, plan, log):
+    """The dense base on every metric the expert gets, with the same windows and questions (so
+    run.json's base and metrics compare one to one), and an ETA from its forward speed."""
     t0 = time.time()
-    ppl, n = evaluation.perplexity(model, test_w, desc="base ppl")
-    speed = n * args.seq_len / max(1e-9, time.time() - t0)  # tokens a second, forward only
-    log(f"base model: domain test ppl {ppl:.3f} (seq_len {args.seq_len}, {n} windows)")
+    log("base model:")
+    base = evaluation.evaluate(model, tok, args.domain, splits, eval_options(args), log=log)
+    seconds = time.time() - t0  # the expert's evaluation will cost the same
+    windows = sum(m.get("windows", 0) + 2 * m.get("questions", 0) for m in base.values())
+    speed = windows * args.seq_len / max(1e-9, seconds)  # tokens a second, forward only
     method, event_at, calib = plan
-    eta = eta_minutes(args, speed, len(event_at), len(calib), len(test_w), method)
-    eta /= rank_world()[1]  # N processes share the steps and the calibration (roughly)
+    eta = eta_minutes(args, speed, len(event_at), len(calib), method) / rank_world()[1]
+    eta += seconds / 60  # N processes share the steps and the calibration (roughly), not eval
     log(f"ETA ≈ {eta:.1f} min (from the base evaluation's forward speed)")
-    return {"value": ppl, "split": f"{args.domain or 'data'} test", "seq_len": args.seq_len,
-            "windows": n}
+    return base
+
+
+def eval_options(args):
+    """What the base and the expert are measured on: one set of options for both."""
+    return evaluation.EvalOptions(data_dir=args.data_dir, seq_len=args.seq_len,
+                                  max_windows=args.eval_windows or None,
+                                  pubmedqa_n=args.pubmedqa_n or None)
 
 
 # -----------------------------------------------------------------------------
@@ -404,10 +415,8 @@ def main(argv=None):
             report = xpert.sparsity_report(model)
             log(f"measured sparsity of the adapted projections: {report['overall']:.4f}")
             log("expert:")
-            options = evaluation.EvalOptions(
-                data_dir=args.data_dir, seq_len=args.seq_len, max_windows=args.eval_windows or None,
-                pubmedqa_n=args.pubmedqa_n or None)
-            metrics = evaluation.evaluate(model, tok, args.domain, splits, options, log=log)
+            metrics = evaluation.evaluate(model, tok, args.domain, splits, eval_options(args),
+                                          log=log)
             result = record(args, run, metrics, report, time.time() - t_start)
             result["corpus"] = splits.meta["corpus"]  # eval.py refuses a corpus edited since
             rf.finish(model, result, log, summary_line(args, result))  # folder, run.json, publish
@@ -433,7 +442,7 @@ def record(args, run, metrics, report, wall):
     """run.json: the resolved config, the base's and the expert's metrics, the measured sparsity,
     timings, losses and cost."""
     cuda = args.device.startswith("cuda")
-    return {"config": vars(args), "base": {"domain_test_ppl": run["base"]}, "metrics": metrics,
+    return {"config": vars(args), "base": run["base"], "metrics": metrics,
             "sparsity": report, "timings": run["timings"], "losses": run["losses"],
             "wall_time_s": wall, "train_time_s": run["train_time_s"],
             "peak_memory_mb": peak_memory_mb(args.device),

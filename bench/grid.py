@@ -26,10 +26,12 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root: train.py lives there
 sys.path.insert(0, HERE)
 
+from data import DOMAINS  # noqa: E402
 from fileio.report import relative  # noqa: E402
 from fileio.runs import resumable  # noqa: E402
 
 RECORD = os.path.join(HERE, "results", "grid.json")
+BENCH_PPL = {"cuad": "cuad_ppl", "pubmedqa": "pubmedqa_abstracts_ppl"}  # a domain's benchmark ppl
 BUDGET = ["--steps", "24", "--lr", "0.0005"]  # pinned, so a later change of train.py's defaults keeps cells comparable
 BASELINES = {"wanda-lora": [], "lora-wanda": [], "lora-sparsegpt": []}  # train.py --method <name>
 READINGS = {  # docs/paper.md §4.4: the three readings of ForeSight's propagation factor, as xpert variants
@@ -105,6 +107,7 @@ def record_of(name, label, args, run_dir, commit):
             "metrics": {k: v["value"] for k, v in j["metrics"].items()},
             "metric_context": {k: {x: y for x, y in v.items() if x != "value"} for k, v in j["metrics"].items()},
             "base_domain_test_ppl": j["base"]["domain_test_ppl"]["value"],
+            "base": {k: v["value"] for k, v in j["base"].items()},  # every metric, same windows
             "measured_sparsity": j["sparsity"]["overall"],
             "changed_per_event": [t["changed"] for t in j.get("timings", []) if "changed" in t],  # prune events only
             "wall_time_s": round(j["wall_time_s"], 1), "train_time_s": round(j["train_time_s"], 1),
@@ -147,7 +150,7 @@ def tables(records):
     for r in records:
         if r["label"].partition("+")[0] not in REMOVED:
             rows.setdefault((r["domain"], r["sparsity"], r["label"]), []).append(r)
-    bench = {"legal": "cuad_ppl", "health": "pubmedqa_abstracts_ppl"}
+    bench = {d: BENCH_PPL[dom.benchmarks[0]] for d, dom in DOMAINS.items()}  # the in-genre one
     lines = ["| domain | sparsity | cell | seeds | domain test ppl (% of LoRA) | benchmark ppl (%) | WikiText-2 ppl (%) "
              "| mean of the ppl ratios | mask entries changed per event | base model's domain test ppl |", "|---" * 10 + "|"]
     means = {}

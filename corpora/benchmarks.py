@@ -78,6 +78,40 @@ def pubmedqa_sample(items, n=None):
     return [items[i] for i in keep]
 
 
+# The in-genre training corpora (data.DOMAINS "legal-cuad", "health-pubmedqa"): the same benchmark
+# files, minus everything the evaluation scores, so an expert trained on them is measured on unseen
+# documents of its own genre. They need the full sets: the subsets committed in assets/ hold only
+# what is scored, and are refused in one line.
+
+def cuad_training_docs(data_dir):
+    """The CUAD contracts after the ones benchmarks() scores (the first BENCH_MAX_CHARS of the
+    file, whole contracts), minus any that opens like a scored one: CUAD holds the same agreement
+    filed twice under two names (an Armstrong Flooring IP agreement is contract 22 and 40, texts not
+    equal). 470 of the 510 with the full set."""
+    scored = cuad_docs(data_dir, BENCH_MAX_CHARS)
+    text = "\n\n".join(scored)
+    docs = [d for d in cuad_docs(data_dir)[len(scored):] if d[:1000] not in text]
+    if not docs:
+        raise DataError(f"{os.path.join(data_dir, CUAD_FILE)} holds only the {len(scored)} scored "
+                        "contracts: the legal-cuad domain needs the full CUAD (set XPERT_ASSETS "
+                        "or put ../shared/assets beside the repo)")
+    return docs
+
+
+def pubmedqa_training_docs(data_dir):
+    """The abstracts (CONTEXTS) and conclusions (LONG_ANSWER) of the PQA-L questions outside the
+    official test split: the 500 test questions and their abstracts stay unseen."""
+    ori = _read_json(os.path.join(data_dir, PUBMEDQA_DIR, "ori_pqal.json"))
+    test = _read_json(os.path.join(data_dir, PUBMEDQA_DIR, "test_ground_truth.json"))
+    docs = [" ".join(q["CONTEXTS"]) + "\n" + q.get("LONG_ANSWER", "")
+            for p, q in ori.items() if p not in test]
+    if not docs:
+        raise DataError(f"{os.path.join(data_dir, PUBMEDQA_DIR)} holds only the test questions: the "
+                        "health-pubmedqa domain needs the full PQA-L (set XPERT_ASSETS or put "
+                        "../shared/assets beside the repo)")
+    return [d.strip() for d in docs]
+
+
 def wikitext2_text(data_dir):
     """WikiText-2 raw test as Wanda/SparseGPT feed it: the Hugging Face dataset's rows (one per line,
     whitespace-only lines as "") joined with "\\n\\n"; CRLF normalised to LF first."""
@@ -144,12 +178,30 @@ def score_choices(logprob_fn, prompt, choices=CHOICES):
     return choices[int(np.argmax(scores))]
 
 
+def pubmedqa_answers(logprob_fn, items, progress=False):
+    """The predicted answer of every item, in order."""
+    answers = [score_choices(logprob_fn, pubmedqa_prompt(it))
+               for it in tqdm(items, desc="pubmedqa", disable=not progress, leave=False)]
+    if not answers:
+        raise DataError("PubMedQA accuracy: no questions to score")
+    return answers
+
+
+def accuracy(predicted, gold):
+    return sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+
+
+def macro_f1(predicted, gold, classes=CHOICES):
+    """The mean over classes of F1 = 2·TP / (2·TP + FP + FN), 0 for a class never predicted nor
+    present (the PubMedQA paper's second score: a constant answer gets F1 > 0 in one class only)."""
+    f1 = []
+    for c in classes:
+        tp = sum(p == c and g == c for p, g in zip(predicted, gold))
+        wrong = sum((p == c) != (g == c) for p, g in zip(predicted, gold))  # FP + FN
+        f1.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
+    return sum(f1) / len(classes)
+
+
 def pubmedqa_accuracy(logprob_fn, items, progress=False):
     """Fraction of items whose predicted answer equals item['answer']."""
-    right = n = 0
-    for it in tqdm(items, desc="pubmedqa", disable=not progress, leave=False):
-        right += score_choices(logprob_fn, pubmedqa_prompt(it)) == it["answer"]
-        n += 1
-    if n == 0:
-        raise DataError("PubMedQA accuracy: no questions to score")
-    return right / n
+    return accuracy(pubmedqa_answers(logprob_fn, items, progress), [it["answer"] for it in items])

@@ -12,7 +12,7 @@ from model import PROJECTIONS
 # -----------------------------------------------------------------------------
 # --compare: one markdown table, relative performance against the dense lora run (docs/paper.md §7)
 
-HIGHER_IS_BETTER = ("acc",)
+HIGHER_IS_BETTER = ("acc", "f1")
 
 
 def relative(metric, value, ref):
@@ -51,8 +51,29 @@ def read_run(r):
     return j
 
 
+WINDOWING = ("split", "seq_len", "windows", "questions")  # what a number was measured on
+
+
+def check_same_windowing(loaded):
+    """A perplexity over 16 windows and one over 32 (or accuracies over other questions) are
+    different numbers: refused side by side, in one line."""
+    for m in sorted({m for _, j in loaded for m in j["metrics"]}):
+        seen = {}
+        for r, j in loaded:
+            if m in j["metrics"]:
+                v = j["metrics"][m] if isinstance(j["metrics"][m], dict) else {}
+                seen.setdefault(tuple(v.get(k) for k in WINDOWING), []).append(r)
+        if len(seen) > 1:
+            how = "; ".join(f"{', '.join(os.path.basename(r.rstrip('/')) for r in rs)}: "
+                            + ", ".join(f"{k} {v}" for k, v in zip(WINDOWING, w) if v is not None)
+                            for w, rs in seen.items())
+            raise ModelError(f"--compare: {m} was measured differently ({how}); re-measure with "
+                             "eval.py --windows/--seq-len/--pubmedqa-n --out so they match")
+
+
 def compare(runs):
     loaded = [(r, read_run(r)) for r in runs]
+    check_same_windowing(loaded)
     ref = next((j for _, j in loaded if j["config"]["method"] == "lora"), None)
     names = sorted({m for _, j in loaded for m in j["metrics"]})
     head = ["run", "method", "sparsity"] + names + (["rel. (mean)"] if ref else [])

@@ -231,16 +231,15 @@ def write_json(path, obj):
         raise
 
 
-def eta_minutes(args, fwd_tok_s, n_events, n_calib, n_test, method):
-    """A rough ETA from the measured forward speed: a training step costs ~3 forwards of its tokens (~6 once
+def eta_minutes(args, fwd_tok_s, n_events, n_calib, method):
+    """A rough ETA of training from the measured forward speed: a step costs ~3 forwards of its tokens (~6 once
     masked LoRA forms its m×n adapter product), a prune event ~3 forwards of the calibration set (capture,
-    scores, PBS), the final evaluation ~3 perplexities + PubMedQA (~2 windows a question)."""
+    scores, PBS). The final evaluation costs what the base's did (the caller adds it)."""
     tok = args.batch_size * args.seq_len
     frac_masked = 1.0 if method.prune_first else (1 - min(args.events) if method.events else 0.0)
     train = args.steps * tok * (3 + 3 * frac_masked)
     events = n_events * 3 * n_calib * args.seq_len + (2 * n_calib * args.seq_len if method.prune_after else 0)
-    evals = 3 * n_test * args.seq_len + (2 * args.pubmedqa_n * args.seq_len if args.domain == "health" else 0)
-    return (train + events + evals) / fwd_tok_s / 60
+    return (train + events) / fwd_tok_s / 60
 
 
 def check_fits(model, tok, args):
