@@ -191,17 +191,22 @@ def tables(records):
         "(the paper's method) and the SparseGPT-update variants each get their row:\n\n" + "\n".join(verdict)
 
 
-def write_tables(records, path=os.path.join(HERE, "RESULTS.md")):
-    """Replace what lies between the grid markers in RESULTS.md by tables(records)."""
+def replace_block(path, name, body):
+    """Replace what lies between <!-- name:start --> and <!-- name:end --> in path by body: the
+    generated tables of RESULTS.md and README.md (each names the record it comes from)."""
     with open(path) as f:
         text = f.read()
-    a, b = "<!-- results/grid.json:start -->", "<!-- results/grid.json:end -->"
+    a, b = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if a not in text or b not in text:
         raise SystemExit(f"error: {path}: no {a} ... {b} block to fill")
-    new = text[:text.index(a) + len(a)] + "\n" + tables(records) + "\n" + text[text.index(b):]
+    new = text[:text.index(a) + len(a)] + "\n" + body + "\n" + text[text.index(b):]
     with open(path + ".tmp", "w") as f:
         f.write(new)
     os.replace(path + ".tmp", path)
+
+
+def write_tables(records, path=os.path.join(HERE, "RESULTS.md")):
+    replace_block(path, "results/grid.json", tables(records))
 
 
 def cost(out_root, domain, reps, extra):

@@ -12,6 +12,7 @@ Peak memory: each contender again in a fresh process (--memory NAME), peak RSS f
     python bench/step_cost.py --reps 3 --repo /tmp/orig  # another checkout's xpert.py (before/after)
 """
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -20,6 +21,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOAD = os.getloadavg()[0]  # the record says whether the machine was quiet
 CONTENDERS = ("plain", "plain-d0", "masked")
 
 
@@ -88,6 +90,7 @@ def main():
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--memory", choices=CONTENDERS, help="(internal) peak memory of one contender, then exit")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory runs")
+    p.add_argument("--json", help="record the numbers here (e.g. results/step-cost.json)")
     args = p.parse_args()
     sys.path.insert(0, os.path.abspath(args.repo))
     import torch
@@ -114,13 +117,24 @@ def main():
     print(f"  masked / plain    = {med['masked'] / med['plain']:.2f}x")
     print(f"  masked / plain-d0 = {med['masked'] / med['plain-d0']:.2f}x")
     del models
-    if args.no_memory:
-        return
-    for n in CONTENDERS:  # a fresh process each: ru_maxrss is a lifetime peak
+    rss = {}
+    for n in () if args.no_memory else CONTENDERS:  # a fresh process each: ru_maxrss is a lifetime peak
         cmd = [sys.executable, os.path.abspath(__file__), "--memory", n] + [
             a for k in ("repo", "batch", "seq", "rank", "dropout", "sparsity") for a in (f"--{k}", str(getattr(args, k)))]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        print("  " + [line for line in out.splitlines() if line.startswith("MEM")][0][4:] + " MB")
+        line = [line for line in out.splitlines() if line.startswith("MEM")][0][4:]
+        print("  " + line + " MB")
+        rss[n] = {k: float(v) for k, v in (x.split("=") for x in line.split()[1:])}
+    if args.json:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.repo, capture_output=True,
+                                text=True).stdout.strip()
+        rec = {"command": "python bench/step_cost.py " + " ".join(sys.argv[1:]), "commit": commit,
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "config": vars(args),
+               "step_seconds": times, "median_s": med, "masked_over_plain": med["masked"] / med["plain"],
+               "masked_over_plain_d0": med["masked"] / med["plain-d0"], "peak_rss_mb": rss,
+               "load_average_before": LOAD}
+        with open(args.json, "w") as f:
+            json.dump(rec, f, indent=1)
 
 
 if __name__ == "__main__":
