@@ -64,7 +64,7 @@ def measure(name, out_root):
            "process_wall": gnu.get("Elapsed (wall clock) time (h:mm:ss or m:ss)"),
            "peak_rss_mb": round(int(gnu["Maximum resident set size (kbytes)"]) / 1024),
            "bytes_written": int(gnu["File system outputs"]) * 512,  # Linux counts 512 B blocks
-           "load_average_before": LOAD}
+           "load_average_before": LOAD, "omp_threads": os.environ.get("OMP_NUM_THREADS", "all")}
     if args[0] == "eval.py":
         with open(out + ".json") as f:
             j = next(iter(json.load(f).values()))

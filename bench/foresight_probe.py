@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import argparse
 import json
+import subprocess
 import math
 import time
 
@@ -151,7 +152,10 @@ def main():
     print(f"\nblocks {a.blocks} × 7 projections, one-shot on U = W; IoU of pruned positions vs Wanda on U (mean); "
           f"relative output error with the non-linearity on {res['heldout']} (geometric mean); {res['seconds']:.0f}s")
     print("\n".join(lines))
-    if a.json:
+    if a.json:  # a record: what ran, at which commit
+        res["command"] = "python bench/foresight_probe.py " + " ".join(sys.argv[1:])
+        res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
 
