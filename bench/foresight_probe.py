@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import argparse
 import json
-import subprocess
 import math
+import subprocess
 import time
 
 import torch
