@@ -44,7 +44,7 @@ DOMAINS = {
                     "2,310 licence texts (ScanCode LicenseDB); CUAD contracts"),
     "health": Domain(lambda _: health_docs(), ("pubmedqa", "wikitext2"),
                      "HPO clinical definitions; PubMedQA"),
-    "legal-cuad": Domain(bench.cuad_training_docs, ("cuad", "pubmedqa", "wikitext2"),
+    "legal-cuad": Domain(bench.cuad_training_docs, ("cuad", "pubmedqa_abstracts", "wikitext2"),
                          "470 CUAD contracts the evaluation never scores (full assets)"),
     "health-pubmedqa": Domain(bench.pubmedqa_training_docs, ("pubmedqa", "cuad", "wikitext2"),
                               "PubMedQA PQA-L's 500 non-test abstracts + conclusions (full assets)"),

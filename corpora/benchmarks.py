@@ -133,7 +133,8 @@ def wikitext2_parts(data_dir):
 
 
 def benchmarks(data_dir, names, max_chars=BENCH_MAX_CHARS):
-    """The evaluation sets `names` ("cuad", "pubmedqa", "wikitext2": data.DOMAINS says which go with a
+    """The evaluation sets `names` ("cuad", "pubmedqa", "pubmedqa_abstracts" = without the questions,
+    "wikitext2": data.DOMAINS says which go with a
     domain) that exist under data_dir -> (found, skipped). found: name -> str (a perplexity text) or list
     (PubMedQA items, for yes/no/maybe accuracy); skipped: one line per missing set, saying why (print them)."""
     found, skipped = {}, []
@@ -149,11 +150,13 @@ def benchmarks(data_dir, names, max_chars=BENCH_MAX_CHARS):
 
     if "cuad" in names and have(CUAD_FILE, "cuad (legal perplexity)"):
         found["cuad"] = "\n\n".join(cuad_docs(data_dir, max_chars))
-    if "pubmedqa" in names and have(os.path.join(PUBMEDQA_DIR, "ori_pqal.json"), "pubmedqa") and \
+    wanted = {"pubmedqa", "pubmedqa_abstracts"} & set(names)  # the latter: the abstracts' ppl only
+    if wanted and have(os.path.join(PUBMEDQA_DIR, "ori_pqal.json"), "pubmedqa") and \
             have(os.path.join(PUBMEDQA_DIR, "test_ground_truth.json"), "pubmedqa"):
         items = pubmedqa_items(data_dir, "test")
         found["pubmedqa_abstracts"] = _cap("\n\n".join(it["context"] for it in items), max_chars)
-        found["pubmedqa_items"] = items
+        if "pubmedqa" in wanted:
+            found["pubmedqa_items"] = items
     if "wikitext2" in names and have(WIKITEXT2_FILE, "wikitext2 (general perplexity)"):
         found["wikitext2"] = _cap(wikitext2_parts(data_dir)[0], max_chars)  # never the calibration tenth
     return found, skipped
