@@ -1,0 +1,268 @@
+"""
+Every generated table of RESULTS.md and README.md, from the records in results/ alone (issue 26):
+
+    python bench/results.py            # rewrite every <!-- results/...:start --> block, and the figure
+
+| block | record | made by |
+|---|---|---|
+| results/grid.json | results/grid.json (legal, health) | python bench/grid.py |
+| results/genre | results/grid.json (legal-cuad, health-pubmedqa) | bench/grid.py --domains legal-cuad,... |
+| results/budget | results/grid.json (the +stepsN cells) | bench/grid.py --extra "--steps N" |
+| results/default-runs.json | results/default-runs.json | python bench/default_runs.py |
+| results/foresight-probe.json | results/foresight-probe.json | bench/foresight_probe.py --json |
+| results/step-cost.json | results/step-cost.json | bench/step_cost.py --json |
+| results/event-audit.json | results/event-audit.json | bench/event_audit.py --json |
+| README headline | results/default-runs.json, results/grid.json | the two above |
+
+A record that is missing leaves its block as it is and says so.
+"""
+import json
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
+from bench import default_runs, grid  # noqa: E402
+
+RESULTS, README = os.path.join(HERE, "RESULTS.md"), os.path.join(HERE, "README.md")
+GENRE = ("legal-cuad", "health-pubmedqa")
+BUDGET_CELLS = ("lora", "wanda-lora", "xpert-eq2-early", "xpert-eq2-paper")
+COLUMNS = {"domain_test_ppl": "domain test", "cuad_ppl": "CUAD", "pubmedqa_abstracts_ppl":
+           "PubMedQA abstracts", "wikitext2_ppl": "WikiText-2", "pubmedqa_acc": "PubMedQA acc",
+           "pubmedqa_macro_f1": "macro-F1"}
+
+
+def load(name):
+    path = os.path.join(HERE, "results", name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mean(rs, metric, base=False):
+    vals = [(r["base"] if base else r["metrics"]).get(metric) for r in rs]
+    return None if None in vals or not vals else statistics.mean(vals)
+
+
+def fmt(v):
+    return "–" if v is None else f"{v:.3f}"
+
+
+def genre_table(records):
+    """The in-genre experts against the dense base measured on the same windows, per sparsity."""
+    rows = {}
+    for r in records:
+        if r["domain"] in GENRE and "base" in r:
+            rows.setdefault((r["domain"], r["sparsity"], r["label"]), []).append(r)
+    head = ["domain", "sparsity", "method", "seeds"] + list(COLUMNS.values())
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for d in GENRE:
+        keys = sorted((k for k in rows if k[0] == d), key=lambda k: (k[1], k[2] != "lora", k[2]))
+        if not keys:
+            continue
+        base = rows[keys[0]]
+        lines.append(f"| {d} | – | **dense base** (no training) | – | "
+                     + " | ".join(fmt(mean(base, m, True)) for m in COLUMNS) + " |")
+        for k in keys:
+            rs = rows[k]
+            cells = []
+            for m in COLUMNS:
+                v, b = mean(rs, m), mean(rs, m, True)
+                better = v is not None and b is not None and \
+                    ((v > b) if m.endswith(("acc", "f1")) else (v < b))
+                cells.append(fmt(v) if v is None or b is None else
+                             f"{'**' if better else ''}{v:.3f}{'**' if better else ''}")
+            lines.append(f"| {d} | {k[1]:g} | {k[2]} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nBold: better than the dense base on that metric (same windows " \
+        "and questions; PubMedQA: a fixed random 100 of the 500 official test questions)."
+
+
+def budget_points(records):
+    """{cell: [(steps, mean of the ppl ratios vs lora of that budget, domain ppl, record)]}."""
+    pts = {}
+    for r in records:
+        label, _, tag = r["label"].partition("+")
+        if r["domain"] != "legal" or r["seed"] != 0 or label not in BUDGET_CELLS \
+                or r["sparsity"] not in (0.0, 0.4) or tag not in ("",) + tuple(
+                    f"steps{n}" for n in (48, 96, 192)):
+            continue
+        steps = int(tag[5:]) if tag else 24
+        rel = [v for m, v in r["relative_to_lora"].items() if m.endswith("_ppl") and v is not None]
+        pts.setdefault(label, []).append((steps, statistics.mean(rel) if len(rel) == 3 else None,
+                                          r["metrics"]["domain_test_ppl"], r))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in pts.items()}
+
+
+def budget_table(records, base):
+    """The budget curve: legal, 40%, seed 0, one row per (method, steps)."""
+    pts = budget_points(records)
+    lines = ["| method | steps | domain test ppl | CUAD ppl | WikiText-2 ppl | mean of the ppl ratios "
+             "(% of dense LoRA, same steps) | mask entries changed per event | training time | "
+             "peak RSS | commit |", "|---" * 10 + "|"]
+    for label in BUDGET_CELLS:
+        for steps, rel, _, r in pts.get(label, []):
+            changed = " / ".join(f"{c:,}" for c in r["changed_per_event"]) or "–"
+            lines.append(f"| {label} | {steps} | {fmt(r['metrics']['domain_test_ppl'])} | "
+                         f"{fmt(r['metrics'].get('cuad_ppl'))} | {fmt(r['metrics'].get('wikitext2_ppl'))}"
+                         f" | {'–' if rel is None else f'{100 * rel:.1f}%'} | {changed} | "
+                         f"{r['train_time_s']:.0f} s | {r['peak_memory_mb']:,} MB | {r['commit']} |")
+    if base:
+        lines.append(f"| dense base (no training) | 0 | {fmt(base['domain_test_ppl'])} | "
+                     f"{fmt(base.get('cuad_ppl'))} | {fmt(base.get('wikitext2_ppl'))} | – | – | – | – "
+                     "| – |")
+    return "\n".join(lines)
+
+
+def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budget.png")):
+    """Two panels against steps: the domain test ppl (the dense base dashed) and the mean of the ppl
+    ratios against dense LoRA of the same budget (the base's own ratio dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = budget_points(records)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, p in pts.items():
+        a.plot([x[0] for x in p], [x[2] for x in p], "o-", label=label)
+        if label != "lora":
+            b.plot([x[0] for x in p if x[1]], [100 * x[1] for x in p if x[1]], "o-", label=label)
+    if base and "lora" in pts:
+        a.axhline(base["domain_test_ppl"], ls="--", c="k", label="dense base")
+        ratio = [(s, 100 * statistics.mean(r["metrics"][m] / base[m] for m in
+                  ("domain_test_ppl", "cuad_ppl", "wikitext2_ppl"))) for s, _, _, r in pts["lora"]]
+        b.plot([s for s, _ in ratio], [v for _, v in ratio], "k--", label="dense base")
+    for ax, title in ((a, "legal domain test ppl"), (b, "% of dense LoRA (mean of 3 ppl ratios)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training steps (× 4 × 256 tokens)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M, licence texts, 40% sparsity, seed 0 (results/grid.json)", fontsize=9)
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    return png
+
+
+def probe_table(rec):
+    names = sorted({k.rsplit(" p=", 1)[0] for k in rec["summary"]})
+    sps = sorted({k.rsplit(" p=", 1)[1] for k in rec["summary"]})
+    lines = ["| reading | " + " | ".join(f"p = {p}: mean IoU vs Wanda on U | p = {p}: rel. error "
+                                          "(geo-mean)" for p in sps) + " |", "|---" * (1 + 2 * len(sps)) + "|"]
+    for n in names:
+        cells = [f"{rec['summary'][f'{n} p={p}']['mean_iou_vs_wanda']:.4f} | "
+                 f"{rec['summary'][f'{n} p={p}']['geomean_rel_err']:.5f}" for p in sps]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\n`{rec['command']}` at {rec['commit']}: {rec['calibration']}; "
+                               f"error on {rec['heldout']}; blocks {rec['blocks']}; "
+                               f"{rec['seconds']:.0f} s, {rec['torch_threads']} thread(s).")
+
+
+def step_table(rec):
+    med, rss = rec["median_s"], rec["peak_rss_mb"]
+    lines = ["| contender | median step | runs | peak RSS of the steps |", "|---" * 4 + "|"]
+    for n, v in med.items():
+        steps_peak = rss.get(n, {}).get("steps_peak")
+        lines.append(f"| {n} | {v:.2f} s | " + " ".join(f"{t:.2f}" for t in rec["step_seconds"][n])
+                     + f" | {'–' if steps_peak is None else f'{steps_peak:,.0f} MB'} |")
+    return "\n".join(lines) + (f"\n\nmasked / plain = **{rec['masked_over_plain']:.2f}×**, masked / "
+                               f"plain at dropout 0 = {rec['masked_over_plain_d0']:.2f}× (`{rec['command']}`"
+                               f" at {rec['commit']}, torch {rec['torch']}, {rec['threads']} thread(s), "
+                               f"load {rec['load_average_before']:.1f} before).")
+
+
+def audit_table(rec):
+    lines = ["| event | changed matrices | revived weights | no update | update on R only (before "
+             "issue 21) | update on D = R − Rev (now) | R only worse than no update | D worse than no "
+             "update | event vs recomputation (max rel.) |", "|---" * 9 + "|"]
+    for ev in (e for e in rec["events"] if e["rows"]):
+        rows = ev["rows"]
+        total = {k: sum(r[k] for r in rows) for k in ("revived", "none", "r_only", "event")}
+        lines.append(f"| {ev['event']} | {len(rows)} | {total['revived']} | {total['none']:.4f} | "
+                     f"{total['r_only']:.4f} | {total['event']:.4f} | "
+                     f"{sum(r['r_only'] > r['none'] for r in rows)} of {len(rows)} | "
+                     f"{sum(r['event'] > r['none'] for r in rows)} of {len(rows)} | "
+                     f"{max(r['recomputed'] for r in rows):.1e} |")
+    return "\n".join(lines) + f"\n\n`{rec['command']}`, update `{rec['update']}`."
+
+
+HEAD_COLS = [("legal", "domain_test_ppl", "legal domain ppl"), ("legal", "cuad_ppl", "CUAD ppl"),
+             ("legal", "wikitext2_ppl", "WikiText-2 ppl (legal run)"),
+             ("health", "domain_test_ppl", "health domain ppl"),
+             ("health", "pubmedqa_abstracts_ppl", "PubMedQA abstracts ppl"),
+             ("health", "pubmedqa_acc", "PubMedQA acc"), ("health", "pubmedqa_macro_f1", "macro-F1")]
+HEAD_CELLS = [("lora", "dense LoRA, 24 steps (grid `lora`)"),
+              ("xpert-eq2-early", "EfficientXpert, 24 steps, one event at 4% (grid)"),
+              ("xpert-eq2-paper", "EfficientXpert, 24 steps, the paper's three events (grid)"),
+              ("wanda-lora", "Wanda → LoRA (grid)"), ("lora-wanda", "LoRA → Wanda, the paper's "
+                                                                  "baseline (grid)"),
+              ("lora-sparsegpt", "LoRA → SparseGPT (grid)"),
+              ("xpert-eq2-early-sparsegpt", "ForeSight + SparseGPT's update, a variant (grid)")]
+
+
+def verdict(base, expert):
+    """Which metrics the expert improves over the base, in words."""
+    up = [COLUMNS[m] for m, v in expert.items() if m in base and
+          ((v > base[m]) if m.endswith(("acc", "f1")) else (v < base[m]))]
+    down = [COLUMNS[m] for m in expert if m in base and COLUMNS[m] not in up]
+    return f"better than the dense base on {', '.join(up) or 'nothing'}; worse on " \
+           f"{', '.join(down) or 'nothing'}"
+
+
+def headline(runs, records):
+    """README's table: base, base pruned by Wanda, the default expert and the 24-step grid cells
+    (40%, seed 0), every number from a record; bold = better than the dense base."""
+    by = {r["name"]: r for r in runs}
+    base = {d: by[d]["base"] for d in ("legal", "health") if d in by}
+    rows = [("**dense base** (no training)", base)]
+    rows.append(("base pruned 40% by Wanda, no training (`eval.py --prune wanda`)",
+                 {d: by[f"wanda-{d}"]["metrics"] for d in base if f"wanda-{d}" in by}))
+    rows.append(("**EfficientXpert, the default** (`train.py --domain legal/health`: 48 steps, "
+                 "one event at 4%)", {d: by[d]["metrics"] for d in base}))
+    for label, title in HEAD_CELLS:
+        cell = {d: next((r["metrics"] for r in records if r["domain"] == d and r["label"] == label
+                         and r["seed"] == 0 and r["sparsity"] in (0.0, 0.4)), {}) for d in base}
+        rows.append((title, cell))
+    lines = ["| run | " + " | ".join(c[2] for c in HEAD_COLS) + " |", "|---" * (1 + len(HEAD_COLS)) + "|"]
+    for title, vals in rows:
+        cells = []
+        for d, m, _ in HEAD_COLS:
+            v, b = vals.get(d, {}).get(m), base.get(d, {}).get(m)
+            good = v is not None and vals is not base and ((v > b) if m.endswith(("acc", "f1")) else (v < b))
+            cells.append("–" if v is None else (f"**{v:.3f}**" if good else f"{v:.3f}"))
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    said = {d: by[d]["base_pubmedqa_answers"] for d in ("health",) if d in by}
+    words = [f"- `python train.py --domain {d}`: {verdict(base[d], by[d]['metrics'])}." for d in base]
+    if "health" in said and "health" in by:
+        ctx = by["health"]["metric_context"]["pubmedqa_acc"]
+        words.append(f"- PubMedQA answers ({ctx['questions']} questions, gold "
+                     f"{' / '.join(f'{c} {n}' for c, n in ctx['gold'].items())}): the base said "
+                     f"{' / '.join(f'{c} {n}' for c, n in said['health'].items())}, the expert "
+                     f"{' / '.join(f'{c} {n}' for c, n in ctx['answers'].items())}; always 'yes' "
+                     f"scores {ctx['majority_class']:.2f}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(words)
+
+
+def main():
+    grid_records, runs = load("grid.json") or [], load("default-runs.json")
+    blocks = [(RESULTS, "results/grid.json",
+               lambda: grid.tables([r for r in grid_records if r["domain"] not in GENRE]))]
+    blocks.append((RESULTS, "results/genre", lambda: genre_table(grid_records)))
+    base = next((r["base"] for r in runs or [] if r["name"] == "legal"), None)
+    blocks.append((RESULTS, "results/budget", lambda: budget_table(grid_records, base)))
+    for name, render in (("default-runs.json", default_runs.table), ("foresight-probe.json", probe_table),
+                         ("step-cost.json", step_table), ("event-audit.json", audit_table)):
+        rec = load(name)
+        if rec is None:
+            print(f"results/{name}: no record yet, its block is left as it is")
+            continue
+        blocks.append((RESULTS, f"results/{name}", lambda rec=rec, render=render: render(rec)))
+    if runs:
+        blocks.append((README, "results/headline", lambda: headline(runs, grid_records)))
+    for path, name, render in blocks:
+        grid.replace_block(path, name, render())
+        print(f"{os.path.relpath(path, HERE)}: {name} rewritten")
+    if any(r["label"].partition("+")[2] for r in grid_records):
+        print(f"figure: {os.path.relpath(budget_figure(grid_records, base), HERE)}")
+
+
+if __name__ == "__main__":
+    main()
