@@ -19,12 +19,12 @@ The task files (`<tasks-dir>/xpert_<name>.yaml` + `.jsonl`) are plain lm-eval ta
     lm_eval --model hf --model_args pretrained=out/health-xpert-s0.4,dtype=float32 \
         --tasks xpert_pubmedqa --include_path xpert_tasks --device cpu
 
-Two details this script takes care of, to do by hand with the CLI: (1) lm-eval's perplexity is
-per document (exp of minus the mean document loglikelihood); the token perplexity is
-exp(-sum loglikelihood / sum of the documents' `n_tokens`). (2) A window whose first token is
-whitespace has an empty context (lm-eval strips trailing whitespace off a context, which would
-leave nothing) and is exact only with `prefix_token_id=<its prefix_id>` in --model_args: the
-script scores those windows in a pass of their own (lm-eval's `samples` selection).
+The perplexity tasks report `token_perplexity`: lm-eval's own weighted_perplexity over every
+window's (loglikelihood, scored tokens), i.e. eval.py's exp(sum NLL / sum tokens) (lm-eval's
+built-in loglikelihood "perplexity" is per document). One detail stays this script's: a window
+whose first token is whitespace has an empty context (lm-eval strips trailing whitespace off a
+context, which would leave nothing) and is exact only with `prefix_token_id=<its prefix_id>` in
+--model_args; the script scores those windows in a pass of their own (lm-eval's `samples`).
 """
 import argparse
 import json
@@ -33,10 +33,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-
-# Local files only: `datasets` must never try the network (the test suite runs offline).
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
@@ -96,25 +92,52 @@ def pubmedqa_doc(hf_tok, item):
     return {"pmid": item["pmid"], "prompt": prompt, "label": label, "exact": exact}
 
 
-def task_yaml(name, jsonl, cache_dir, **fields):
+def task_yaml(name, jsonl, cache_dir, fields, process_results=None):
     """An lm-eval task reading one local .jsonl (datasets' json builder: no hub, no network)."""
     import yaml
     cfg = {"task": name, "dataset_path": "json",
            "dataset_kwargs": {"data_files": {"test": jsonl}, "cache_dir": cache_dir},
            "test_split": "test", **fields}
-    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+    # lm-eval's own tag for a Python function beside the YAML (safe_dump cannot write tags)
+    return text + (f"process_results: !function {process_results}\n" if process_results else "")
+
+
+# lm-eval's built-in "perplexity" of a loglikelihood task is per document, exp(-mean document
+# loglikelihood) (and overflows on 255-token windows); pairing each document's loglikelihood with
+# its scored-token count makes lm-eval's own weighted_perplexity aggregation the token perplexity
+# exp(-sum loglikelihood / sum tokens), eval.py's number.
+METRICS_PY = '''"""Written by bench/lm_eval_tasks.py: a window's loglikelihood with its number
+of scored tokens, so that lm-eval's weighted_perplexity is the token perplexity."""
+
+
+def token_nll(doc, results):
+    loglikelihood, _is_greedy = results[0]
+    return {"token_perplexity": (loglikelihood, doc["n_tokens"])}
+'''
+PPL_FIELDS = {"output_type": "loglikelihood", "doc_to_text": "context", "doc_to_target": "target",
+              "target_delimiter": "", "metric_list": [{"metric": "token_perplexity",
+                                                       "aggregation": "weighted_perplexity",
+                                                       "higher_is_better": False}]}
+PUBMEDQA_FIELDS = {"output_type": "multiple_choice", "doc_to_text": "prompt",
+                   "doc_to_choice": list(benchmarks.CHOICES), "doc_to_target": "label",
+                   "target_delimiter": " ", "metric_list": [
+                       {"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
 
 
 def write_tasks(model_dir, domain, out_dir, seq_len=256, windows=16, pubmedqa_n=100,
                 data_dir=None):
     """Write `xpert_<name>.yaml` + `.jsonl` for every benchmark of the domain that data.benchmarks
-    finds (plus `xpert_pubmedqa` on health). Returns {task: [documents]}."""
+    finds (`xpert_pubmedqa`: the questions, where the domain has them). windows / pubmedqa_n: 0 or
+    None = all, as eval.py. Returns {task name: [documents]}."""
     from transformers import AutoTokenizer  # lm-eval's HFLM loads the folder's tokenizer this way
     hf_tok = AutoTokenizer.from_pretrained(model_dir)
     tok = Tokenizer(model_dir)  # eval.py's tokenizer: the windows are made from its ids
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     cache = os.path.join(out_dir, ".datasets_cache")  # datasets' Arrow cache stays beside the tasks
+    with open(os.path.join(out_dir, "xpert_metrics.py"), "w") as f:
+        f.write(METRICS_PY)
     bench, reasons = data.benchmarks(data_dir or paths.assets_dir(), domain or "general")
     for r in reasons:
         print(f"  skipped: {r}")
@@ -125,25 +148,18 @@ def write_tasks(model_dir, domain, out_dir, seq_len=256, windows=16, pubmedqa_n=
             ids = tok.encode(text[:need_chars], bos=False)
             rows = data.windows(torch.tensor(ids), seq_len, windows or None).tolist()
             docs = [window_doc(hf_tok, row, i) for i, row in enumerate(rows)]
-            # output_type loglikelihood: lm-eval's "perplexity" is exp(-mean per-document
-            # loglikelihood), not per token; the token perplexity comes from the samples
-            fields = {"output_type": "loglikelihood", "doc_to_text": "context",
-                      "doc_to_target": "target", "target_delimiter": "",
-                      "metric_list": [{"metric": "perplexity", "aggregation": "perplexity",
-                                       "higher_is_better": False}]}
+            fields, function = PPL_FIELDS, "xpert_metrics.token_nll"
         elif name == "pubmedqa_items":
-            name = "pubmedqa"
-            docs = [pubmedqa_doc(hf_tok, it) for it in benchmarks.pubmedqa_sample(text, pubmedqa_n)]
-            fields = {"output_type": "multiple_choice", "doc_to_text": "prompt",
-                      "doc_to_choice": list(benchmarks.CHOICES), "doc_to_target": "label",
-                      "target_delimiter": " ",
-                      "metric_list": [{"metric": "acc", "aggregation": "mean",
-                                       "higher_is_better": True}]}
+            name, items = "pubmedqa", benchmarks.pubmedqa_sample(text, pubmedqa_n)
+            docs = [pubmedqa_doc(hf_tok, it) for it in items]
+            fields, function = PUBMEDQA_FIELDS, None
+        else:
+            continue
         jsonl = os.path.join(out_dir, f"xpert_{name}.jsonl")
         with open(jsonl, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
         with open(os.path.join(out_dir, f"xpert_{name}.yaml"), "w", encoding="utf-8") as f:
-            f.write(task_yaml(f"xpert_{name}", jsonl, cache, **fields))
+            f.write(task_yaml(f"xpert_{name}", jsonl, cache, fields, function))
         tasks[f"xpert_{name}"] = docs
     return tasks
 
@@ -180,7 +196,7 @@ def run_lm_eval(model_dir, tasks, tasks_dir, device="cpu", batch_size=4):
                               log_samples=True, bootstrap_iters=0, verbosity="WARNING")
         for task, samples in res["samples"].items():
             for s in samples:
-                # with `samples`, lm-eval numbers the chosen docs 0.. again: find each by its text
+                # with `samples`, lm-eval numbers the chosen docs 0.. again: use our own keys
                 key = s["doc"].get("window", s["doc"].get("pmid"))
                 lls = [r[0] for r in s["filtered_resps"]]  # [(loglikelihood, is_greedy), ...]
                 out[task][key] = lls[0] if "window" in s["doc"] else lls
@@ -188,26 +204,31 @@ def run_lm_eval(model_dir, tasks, tasks_dir, device="cpu", batch_size=4):
 
 
 def lm_eval_metrics(tasks, results):
-    """Token perplexity exp(-sum loglikelihood / sum scored tokens) per perplexity task, and
-    PubMedQA's picks and accuracy, from lm-eval's per-document results."""
+    """From lm-eval's per-document results: the token perplexity exp(-sum loglikelihood / sum
+    scored tokens) of every perplexity task; PubMedQA's picks, accuracy and macro-F1."""
     m = {}
     for task, docs in tasks.items():
-        name = task[len("xpert_"):]
         if task == "xpert_pubmedqa":
+            # argmax, ties to the first choice: lm-eval's acc (and eval.py's score_choices)
             picks = [benchmarks.CHOICES[max(range(3), key=results[task][d["pmid"]].__getitem__)]
-                     for d in docs]  # argmax, ties to the first choice, as lm-eval's acc
-            right = [p == benchmarks.CHOICES[d["label"]] for p, d in zip(picks, docs)]
-            m["pubmedqa_acc"] = {"value": sum(right) / len(docs), "picks": picks}
+                     for d in docs]
+            gold = [benchmarks.CHOICES[d["label"]] for d in docs]
+            m["pubmedqa_acc"] = {"value": benchmarks.accuracy(picks, gold), "picks": picks}
+            m["pubmedqa_macro_f1"] = {"value": benchmarks.macro_f1(picks, gold)}
             continue
         nll = -sum(results[task][d["window"]] for d in docs)
-        m[f"{name}_ppl"] = {"value": math.exp(nll / sum(d["n_tokens"] for d in docs)),
-                            "windows": len(docs), "inexact": sum(not d["exact"] for d in docs)}
+        m[f"{task[len('xpert_'):]}_ppl"] = {
+            "value": math.exp(nll / sum(d["n_tokens"] for d in docs)), "windows": len(docs),
+            "inexact": sum(not d["exact"] for d in docs)}
     return m
 
 
-def eval_py_metrics(model_dir, domain, seq_len, windows, pubmedqa_n, data_dir=None):
-    """eval.evaluate on the folder with the same options (fp32 CPU): the other column."""
-    model = LLaMA.from_pretrained(model_dir, device="cpu", dtype=torch.float32)
+def eval_py_metrics(model_dir, domain, seq_len, windows, pubmedqa_n, data_dir=None, model=None,
+                    device="cpu"):
+    """eval.evaluate on the folder (or on its loaded `model`) with the same options, fp32: the
+    other column."""
+    if model is None:
+        model = LLaMA.from_pretrained(model_dir, device=device, dtype=torch.float32)
     opts = xeval.EvalOptions(data_dir=data_dir or paths.assets_dir(), seq_len=seq_len,
                              max_windows=windows or None, pubmedqa_n=pubmedqa_n or None,
                              progress=False)
@@ -231,7 +252,7 @@ def parse_args(argv=None):
     p.add_argument("--domain", choices=[*data.DOMAINS, "general"],
                    help="benchmarks of this domain (default: the run's run.json, else general)")
     p.add_argument("--windows", type=int, default=16, help="windows per perplexity, 0 = all")
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per window, as eval.py")
     p.add_argument("--pubmedqa-n", type=int, default=100, help="PubMedQA questions, 0 = all")
     p.add_argument("--tasks-dir", default=None, help="where the tasks go (default: a temp dir)")
     p.add_argument("--data-dir", default=None, help="benchmark assets (default: as eval.py)")
@@ -244,6 +265,9 @@ def parse_args(argv=None):
 def main(argv=None):
     import tempfile
     a = parse_args(argv)
+    # local files only: datasets and the hub client never try the network (read at their import)
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run_json = os.path.join(a.model_dir, "run.json")
     domain = a.domain
     if domain is None and os.path.exists(run_json):  # a train.py run: its own domain, as eval.py
@@ -254,12 +278,15 @@ def main(argv=None):
                         a.data_dir)
     for t, docs in tasks.items():
         bad = sum(not d["exact"] for d in docs)
+        own = sum(d.get("prefix_id") is not None for d in docs)
         print(f"{tasks_dir}/{t}.yaml: {len(docs)} documents"
+              + (f", {own} whitespace-first (scored with prefix_token_id)" if own else "")
               + (f", {bad} NOT token-exact (lm-eval scores other tokens for them)" if bad else ""))
     if a.write_only:
         return 0
     ours = lm_eval_metrics(tasks, run_lm_eval(a.model_dir, tasks, tasks_dir, a.device))
-    theirs = eval_py_metrics(a.model_dir, domain, a.seq_len, a.windows, a.pubmedqa_n, a.data_dir)
+    theirs = eval_py_metrics(a.model_dir, domain, a.seq_len, a.windows, a.pubmedqa_n, a.data_dir,
+                             device=a.device)
     print(f"{a.model_dir} (domain {domain or 'general'}, seq_len {a.seq_len}, "
           f"{a.windows or 'all'} windows, fp32)\n" + table(ours, theirs))
     if a.out:
