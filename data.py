@@ -47,7 +47,7 @@ DOMAINS = {
     "legal-cuad": Domain(bench.cuad_training_docs, ("cuad", "pubmedqa_abstracts", "wikitext2"),
                          "470 CUAD contracts the evaluation never scores (full assets)"),
     "health-pubmedqa": Domain(bench.pubmedqa_training_docs, ("pubmedqa", "cuad", "wikitext2"),
-                              "PubMedQA PQA-L's 500 non-test abstracts + conclusions (full assets)"),
+                              "PQA-L's 500 non-test abstracts + conclusions (full assets)"),
 }
 
 # A CPU run needs a few hundred thousand tokens, not the whole corpus: 2 M characters is ~0.5 M

@@ -1,9 +1,10 @@
 """
-The commands the README tells a user to run, measured and recorded: the two default runs and the tiny
-preset, each under GNU time (peak RSS, bytes written), into results/default-runs.json; the README's
-headline and RESULTS.md's default-run tables are generated from that record (issue 26).
+The commands the README tells a user to run, measured and recorded: the two default runs, the
+tiny preset and the base pruned one-shot by Wanda, each under GNU time (peak RSS, bytes written),
+into results/default-runs.json; the README's headline and RESULTS.md's default-run tables are
+generated from that record (issue 26).
 
-    python bench/default_runs.py                 # run every command not yet recorded (~15 min on 2 cores)
+    python bench/default_runs.py              # every command not yet recorded (~20 min, 2 cores)
     python bench/default_runs.py --only tiny     # one of them
     python bench/default_runs.py --table         # rewrite the tables from the record, run nothing
 
@@ -29,9 +30,11 @@ BASE = "<default model>"  # eval.py's folder argument: the converted SmolLM2 (fi
 COMMANDS = {  # name -> the command, exactly as README.md gives it
     "legal": ["train.py", "--domain", "legal"],
     "health": ["train.py", "--domain", "health"],
-    "tiny": ["train.py", "--preset", "tiny", "--domain", "legal"],  # cold token cache, as a new user
-    "wanda-legal": ["eval.py", BASE, "--domain", "legal", "--prune", "wanda", "--sparsity", "0.4"],
-    "wanda-health": ["eval.py", BASE, "--domain", "health", "--prune", "wanda", "--sparsity", "0.4"],
+    "tiny": ["train.py", "--preset", "tiny", "--domain", "legal"],  # cold token cache: a new user's
+    "wanda-legal": ["eval.py", BASE, "--domain", "legal", "--prune", "wanda",
+                    "--sparsity", "0.4"],
+    "wanda-health": ["eval.py", BASE, "--domain", "health", "--prune", "wanda",
+                     "--sparsity", "0.4"],
 }
 LABELS = {"domain_test_ppl": "domain test", "cuad_ppl": "CUAD", "wikitext2_ppl": "WikiText-2",
           "pubmedqa_abstracts_ppl": "PubMedQA abstracts", "pubmedqa_acc": "PubMedQA acc",

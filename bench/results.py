@@ -1,12 +1,12 @@
 """
 Every generated table of RESULTS.md and README.md, from the records in results/ alone (issue 26):
 
-    python bench/results.py            # rewrite every <!-- results/...:start --> block, and the figure
+    python bench/results.py      # rewrite every <!-- results/...:start --> block, and the figure
 
 | block | record | made by |
 |---|---|---|
 | results/grid.json | results/grid.json (legal, health) | python bench/grid.py |
-| results/genre | results/grid.json (legal-cuad, health-pubmedqa) | bench/grid.py --domains legal-cuad,... |
+| results/genre | results/grid.json (legal-cuad, health-pubmedqa) | bench/grid.py --domains ... |
 | results/budget | results/grid.json (the +stepsN cells) | bench/grid.py --extra "--steps N" |
 | results/default-runs.json | results/default-runs.json | python bench/default_runs.py |
 | results/foresight-probe.json | results/foresight-probe.json | bench/foresight_probe.py --json |
@@ -98,20 +98,22 @@ def budget_points(records):
 def budget_table(records, base):
     """The budget curve: legal, 40%, seed 0, one row per (method, steps)."""
     pts = budget_points(records)
-    lines = ["| method | steps | domain test ppl | CUAD ppl | WikiText-2 ppl | mean of the ppl ratios "
-             "(% of dense LoRA, same steps) | mask entries changed per event | training time | "
-             "peak RSS | commit |", "|---" * 10 + "|"]
+    lines = ["| method | steps | domain test ppl | CUAD ppl | WikiText-2 ppl | mean of the ppl "
+             "ratios (% of dense LoRA, same steps) | mask entries changed per event | training "
+             "time | peak RSS | commit |", "|---" * 10 + "|"]
     for label in BUDGET_CELLS:
         for steps, rel, _, r in pts.get(label, []):
             changed = " / ".join(f"{c:,}" for c in r["changed_per_event"]) or "–"
-            lines.append(f"| {label} | {steps} | {fmt(r['metrics']['domain_test_ppl'])} | "
-                         f"{fmt(r['metrics'].get('cuad_ppl'))} | {fmt(r['metrics'].get('wikitext2_ppl'))}"
-                         f" | {'–' if rel is None else f'{100 * rel:.1f}%'} | {changed} | "
-                         f"{r['train_time_s']:.0f} s | {r['peak_memory_mb']:,} MB | {r['commit']} |")
+            m = r["metrics"]
+            lines.append(f"| {label} | {steps} | {fmt(m['domain_test_ppl'])} | "
+                         f"{fmt(m.get('cuad_ppl'))} | {fmt(m.get('wikitext2_ppl'))} | "
+                         f"{'–' if rel is None else f'{100 * rel:.1f}%'} | {changed} | "
+                         f"{r['train_time_s']:.0f} s | {r['peak_memory_mb']:,} MB | "
+                         f"{r['commit']} |")
     if base:
         lines.append(f"| dense base (no training) | 0 | {fmt(base['domain_test_ppl'])} | "
-                     f"{fmt(base.get('cuad_ppl'))} | {fmt(base.get('wikitext2_ppl'))} | – | – | – | – "
-                     "| – |")
+                     f"{fmt(base.get('cuad_ppl'))} | {fmt(base.get('wikitext2_ppl'))} | "
+                     "– | – | – | – | – |")
     return "\n".join(lines)
 
 
@@ -137,7 +139,8 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
         ax.set_xlabel("training steps (× 4 × 256 tokens)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M, licence texts, 40% sparsity, seed 0 (results/grid.json)", fontsize=9)
+    fig.suptitle("SmolLM2-135M, licence texts, 40% sparsity, seed 0 (results/grid.json)",
+                 fontsize=9)
     fig.savefig(png, dpi=110, bbox_inches="tight")
     return png
 
@@ -145,8 +148,9 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
 def probe_table(rec):
     names = sorted({k.rsplit(" p=", 1)[0] for k in rec["summary"]})
     sps = sorted({k.rsplit(" p=", 1)[1] for k in rec["summary"]})
-    lines = ["| reading | " + " | ".join(f"p = {p}: mean IoU vs Wanda on U | p = {p}: rel. error "
-                                          "(geo-mean)" for p in sps) + " |", "|---" * (1 + 2 * len(sps)) + "|"]
+    head = " | ".join(f"p = {p}: mean IoU vs Wanda on U | p = {p}: rel. error (geo-mean)"
+                      for p in sps)
+    lines = [f"| reading | {head} |", "|---" * (1 + 2 * len(sps)) + "|"]
     for n in names:
         cells = [f"{rec['summary'][f'{n} p={p}']['mean_iou_vs_wanda']:.4f} | "
                  f"{rec['summary'][f'{n} p={p}']['geomean_rel_err']:.5f}" for p in sps]
@@ -163,16 +167,16 @@ def step_table(rec):
         steps_peak = rss.get(n, {}).get("steps_peak")
         lines.append(f"| {n} | {v:.2f} s | " + " ".join(f"{t:.2f}" for t in rec["step_seconds"][n])
                      + f" | {'–' if steps_peak is None else f'{steps_peak:,.0f} MB'} |")
-    return "\n".join(lines) + (f"\n\nmasked / plain = **{rec['masked_over_plain']:.2f}×**, masked / "
-                               f"plain at dropout 0 = {rec['masked_over_plain_d0']:.2f}× (`{rec['command']}`"
-                               f" at {rec['commit']}, torch {rec['torch']}, {rec['threads']} thread(s), "
-                               f"load {rec['load_average_before']:.1f} before).")
+    return "\n".join(lines) + (
+        f"\n\nmasked / plain = **{rec['masked_over_plain']:.2f}×**, masked / plain at dropout 0 = "
+        f"{rec['masked_over_plain_d0']:.2f}× (`{rec['command']}` at {rec['commit']}, torch "
+        f"{rec['torch']}, {rec['threads']} thread(s), load {rec['load_average_before']:.1f} before).")
 
 
 def audit_table(rec):
-    lines = ["| event | changed matrices | revived weights | no update | update on R only (before "
-             "issue 21) | update on D = R − Rev (now) | R only worse than no update | D worse than no "
-             "update | event vs recomputation (max rel.) |", "|---" * 9 + "|"]
+    lines = ["| event | changed matrices | revived weights | no update | update on R only "
+             "(before issue 21) | update on D = R − Rev (now) | R only worse than no update | "
+             "D worse than no update | event vs recomputation (max rel.) |", "|---" * 9 + "|"]
     for ev in (e for e in rec["events"] if e["rows"]):
         rows = ev["rows"]
         total = {k: sum(r[k] for r in rows) for k in ("revived", "none", "r_only", "event")}
@@ -188,7 +192,8 @@ HEAD_COLS = [("legal", "domain_test_ppl", "legal domain ppl"), ("legal", "cuad_p
              ("legal", "wikitext2_ppl", "WikiText-2 ppl (legal run)"),
              ("health", "domain_test_ppl", "health domain ppl"),
              ("health", "pubmedqa_abstracts_ppl", "PubMedQA abstracts ppl"),
-             ("health", "pubmedqa_acc", "PubMedQA acc"), ("health", "pubmedqa_macro_f1", "macro-F1")]
+             ("health", "pubmedqa_acc", "PubMedQA acc"),
+             ("health", "pubmedqa_macro_f1", "macro-F1")]
 HEAD_CELLS = [("lora", "dense LoRA, 24 steps (grid `lora`)"),
               ("xpert-eq2-early", "EfficientXpert, 24 steps, one event at 4% (grid)"),
               ("xpert-eq2-paper", "EfficientXpert, 24 steps, the paper's three events (grid)"),
@@ -221,16 +226,19 @@ def headline(runs, records):
         cell = {d: next((r["metrics"] for r in records if r["domain"] == d and r["label"] == label
                          and r["seed"] == 0 and r["sparsity"] in (0.0, 0.4)), {}) for d in base}
         rows.append((title, cell))
-    lines = ["| run | " + " | ".join(c[2] for c in HEAD_COLS) + " |", "|---" * (1 + len(HEAD_COLS)) + "|"]
+    lines = ["| run | " + " | ".join(c[2] for c in HEAD_COLS) + " |",
+             "|---" * (1 + len(HEAD_COLS)) + "|"]
     for title, vals in rows:
         cells = []
         for d, m, _ in HEAD_COLS:
             v, b = vals.get(d, {}).get(m), base.get(d, {}).get(m)
-            good = v is not None and vals is not base and ((v > b) if m.endswith(("acc", "f1")) else (v < b))
+            good = v is not None and vals is not base and \
+                ((v > b) if m.endswith(("acc", "f1")) else (v < b))
             cells.append("–" if v is None else (f"**{v:.3f}**" if good else f"{v:.3f}"))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     said = {d: by[d]["base_pubmedqa_answers"] for d in ("health",) if d in by}
-    words = [f"- `python train.py --domain {d}`: {verdict(base[d], by[d]['metrics'])}." for d in base]
+    words = [f"- `python train.py --domain {d}`: {verdict(base[d], by[d]['metrics'])}."
+             for d in base]
     if "health" in said and "health" in by:
         ctx = by["health"]["metric_context"]["pubmedqa_acc"]
         words.append(f"- PubMedQA answers ({ctx['questions']} questions, gold "
@@ -248,8 +256,9 @@ def main():
     blocks.append((RESULTS, "results/genre", lambda: genre_table(grid_records)))
     base = next((r["base"] for r in runs or [] if r["name"] == "legal"), None)
     blocks.append((RESULTS, "results/budget", lambda: budget_table(grid_records, base)))
-    for name, render in (("default-runs.json", default_runs.table), ("foresight-probe.json", probe_table),
-                         ("step-cost.json", step_table), ("event-audit.json", audit_table)):
+    for name, render in (("default-runs.json", default_runs.table),
+                         ("foresight-probe.json", probe_table), ("step-cost.json", step_table),
+                         ("event-audit.json", audit_table)):
         rec = load(name)
         if rec is None:
             print(f"results/{name}: no record yet, its block is left as it is")
