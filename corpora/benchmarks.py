@@ -1,5 +1,5 @@
-"""The benchmark sets, read from an assets folder (fileio.paths.assets_dir: $XPERT_ASSETS, ../shared/assets,
-or the small subsets committed in assets/), and PubMedQA's zero-shot scoring."""
+"""The benchmark sets, read from an assets folder (fileio.paths.assets_dir: $XPERT_ASSETS,
+../shared/assets, or the small subsets committed in assets/), and PubMedQA's zero-shot scoring."""
 import json
 import os
 
@@ -45,8 +45,9 @@ def cuad_docs(data_dir, max_chars=None):
 
 
 def pubmedqa_items(data_dir, split="test"):
-    """PubMedQA PQA-L questions -> [{pmid, question, context, answer}]. split="test": the 500 official
-    test questions (test_ground_truth.json, in its order); "train": the other 500 (train/dev side)."""
+    """PubMedQA PQA-L questions -> [{pmid, question, context, answer}]. split="test": the 500
+    official test questions (test_ground_truth.json, in its order); "train": the other 500
+    (train/dev side)."""
     d = os.path.join(data_dir, PUBMEDQA_DIR)
     ori = _read_json(os.path.join(d, "ori_pqal.json"))
     truth = _read_json(os.path.join(d, "test_ground_truth.json"))
@@ -63,15 +64,18 @@ def pubmedqa_items(data_dir, split="test"):
         q = ori[p]
         answer = truth.get(p, q.get("final_decision"))
         if answer not in CHOICES:
-            raise DataError(f"{d}: question {p} has answer {answer!r}, not one of {'/'.join(CHOICES)}")
-        items.append(dict(pmid=p, question=q["QUESTION"], context=" ".join(q["CONTEXTS"]), answer=answer))
+            raise DataError(f"{d}: question {p} has answer {answer!r}, "
+                            f"not one of {'/'.join(CHOICES)}")
+        items.append(dict(pmid=p, question=q["QUESTION"], context=" ".join(q["CONTEXTS"]),
+                          answer=answer))
     return items
 
 
 def pubmedqa_sample(items, n=None):
-    """n of the test questions for a quicker score: a fixed random sample (the same for every run and seed),
-    in file order. Never the first n: test_ground_truth.json lists all 276 'yes' answers first, so its first
-    100 questions are one class and a model that always says 'yes' would score 1.0. n=None or 0: all."""
+    """n of the test questions for a quicker score: a fixed random sample (the same for every run
+    and seed), in file order. Never the first n: test_ground_truth.json lists all 276 'yes' answers
+    first, so its first 100 questions are one class and a model that always says 'yes' would score
+    1.0. n=None or 0: all."""
     if not n or n >= len(items):
         return list(items)
     keep = np.sort(np.random.default_rng(0x9B3D).choice(len(items), size=n, replace=False))
@@ -106,40 +110,43 @@ def pubmedqa_training_docs(data_dir):
     docs = [" ".join(q["CONTEXTS"]) + "\n" + q.get("LONG_ANSWER", "")
             for p, q in ori.items() if p not in test]
     if not docs:
-        raise DataError(f"{os.path.join(data_dir, PUBMEDQA_DIR)} holds only the test questions: the "
-                        "health-pubmedqa domain needs the full PQA-L (set XPERT_ASSETS or put "
-                        "../shared/assets beside the repo)")
+        raise DataError(f"{os.path.join(data_dir, PUBMEDQA_DIR)} holds only the test questions: "
+                        "the health-pubmedqa domain needs the full PQA-L (set XPERT_ASSETS or "
+                        "put ../shared/assets beside the repo)")
     return [d.strip() for d in docs]
 
 
 def wikitext2_text(data_dir):
-    """WikiText-2 raw test as Wanda/SparseGPT feed it: the Hugging Face dataset's rows (one per line,
-    whitespace-only lines as "") joined with "\\n\\n"; CRLF normalised to LF first."""
+    """WikiText-2 raw test as Wanda/SparseGPT feed it: the Hugging Face dataset's rows (one per
+    line, whitespace-only lines as "") joined with "\\n\\n"; CRLF normalised to LF first."""
     raw = _read_text(os.path.join(data_dir, WIKITEXT2_FILE), "WikiText-2")  # CRLF -> LF
     rows = [line if line.strip() else "" for line in raw.splitlines(keepends=True)]
     return "\n\n".join(rows)
 
 
-# --calib general calibrates on WikiText-2 as well, so its last tenth is set aside for calibration and the
-# general perplexity is measured on the rest: the two never share a token, whatever --eval-windows says.
+# --calib general calibrates on WikiText-2 as well, so its last tenth is set aside for calibration
+# and the general perplexity is measured on the rest: the two never share a token, whatever
+# --eval-windows says.
 WIKITEXT2_CALIB_FRACTION = 0.1
 
 
 def wikitext2_parts(data_dir):
     """(evaluation text, calibration text) of WikiText-2 test: the first 90% and the last 10%."""
     text = wikitext2_text(data_dir)
-    cut = text.rfind("\n\n", 0, int(len(text) * (1 - WIKITEXT2_CALIB_FRACTION)))  # at a row boundary
+    # at a row boundary
+    cut = text.rfind("\n\n", 0, int(len(text) * (1 - WIKITEXT2_CALIB_FRACTION)))
     return text[:cut], text[cut + 2:]
 
 
 def benchmarks(data_dir, names, max_chars=BENCH_MAX_CHARS):
-    """The evaluation sets `names` ("cuad", "pubmedqa", "pubmedqa_abstracts" = without the questions,
-    "wikitext2": data.DOMAINS says which go with a
-    domain) that exist under data_dir -> (found, skipped). found: name -> str (a perplexity text) or list
-    (PubMedQA items, for yes/no/maybe accuracy); skipped: one line per missing set, saying why (print them)."""
+    """The evaluation sets `names` ("cuad", "pubmedqa", "pubmedqa_abstracts" = without the
+    questions, "wikitext2": data.DOMAINS says which go with a domain) that exist under data_dir ->
+    (found, skipped). found: name -> str (a perplexity text) or list (PubMedQA items, for
+    yes/no/maybe accuracy); skipped: one line per missing set, saying why (print them)."""
     found, skipped = {}, []
     if data_dir is None:
-        skipped.append("benchmarks: no assets folder (set XPERT_ASSETS): skipping " + ", ".join(names))
+        skipped.append("benchmarks: no assets folder (set XPERT_ASSETS): skipping "
+                       + ", ".join(names))
         return found, skipped
 
     def have(rel, what):
@@ -158,7 +165,8 @@ def benchmarks(data_dir, names, max_chars=BENCH_MAX_CHARS):
         if "pubmedqa" in wanted:
             found["pubmedqa_items"] = items
     if "wikitext2" in names and have(WIKITEXT2_FILE, "wikitext2 (general perplexity)"):
-        found["wikitext2"] = _cap(wikitext2_parts(data_dir)[0], max_chars)  # never the calibration tenth
+        # never the calibration tenth
+        found["wikitext2"] = _cap(wikitext2_parts(data_dir)[0], max_chars)
     return found, skipped
 
 

@@ -1,5 +1,6 @@
-"""Reports over finished runs, for eval.py's --compare and --mask-overlap: one markdown table of several
-runs relative to the dense LoRA run (docs/paper.md §7), and the per-layer overlap of their pruning masks."""
+"""Reports over finished runs, for eval.py's --compare and --mask-overlap: one markdown table of
+several runs relative to the dense LoRA run (docs/paper.md §7), and the per-layer overlap of their
+pruning masks."""
 import json
 import os
 
@@ -16,20 +17,23 @@ HIGHER_IS_BETTER = ("acc", "f1")
 
 
 def relative(metric, value, ref):
-    """docs/paper.md §7: pruned/dense for accuracies, dense/pruned for perplexities (so both read 'x% of dense')."""
+    """docs/paper.md §7: pruned/dense for accuracies, dense/pruned for perplexities (so both read
+    'x% of dense')."""
     if ref is None or value is None:
         return None
     return value / ref if metric.endswith(HIGHER_IS_BETTER) else ref / value
 
 
 def saved_projections(path):
-    """{'layers.b.<proj>': weight} of the adapted projections in a saved folder (no model code involved)."""
+    """{'layers.b.<proj>': weight} of the adapted projections in a saved folder (no model code
+    involved)."""
     return {k[len("model."):-len(".weight")]: v for k, v in load_state_dict(path).items()
             if ".layers." in k and any(k.endswith(p + ".weight") for p in PROJECTIONS)}
 
 
 def folder_sparsity(path):
-    """Fraction of zeros of every adapted projection in a saved folder: per block/projection and overall."""
+    """Fraction of zeros of every adapted projection in a saved folder: per block/projection and
+    overall."""
     per, zeros, total = {}, 0, 0
     for k, v in saved_projections(path).items():
         z = int((v == 0).sum())
@@ -45,7 +49,8 @@ def read_run(r):
     try:
         with open(f, encoding="utf-8") as fh:
             j = json.load(fh)
-        assert isinstance(j, dict) and isinstance(j["config"], dict) and isinstance(j["metrics"], dict)
+        assert (isinstance(j, dict) and isinstance(j["config"], dict)
+                and isinstance(j["metrics"], dict))
     except (OSError, ValueError, AssertionError, KeyError, TypeError):
         raise ModelError(f"{f}: not a train.py run.json")
     return j
@@ -79,31 +84,37 @@ def compare(runs):
     head = ["run", "method", "sparsity"] + names + (["rel. (mean)"] if ref else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r, j in loaded:
-        row = [os.path.basename(r.rstrip("/")), j["config"]["method"], f"{j['sparsity']['overall']:.3f}"]
+        row = [os.path.basename(r.rstrip("/")), j["config"]["method"],
+               f"{j['sparsity']['overall']:.3f}"]
         rels = []
         for m in names:
             v = j["metrics"].get(m, {}).get("value")
             rel = relative(m, v, ref["metrics"].get(m, {}).get("value") if ref else None)
             if rel is not None:
                 rels.append(rel)
-            row.append("–" if v is None else f"{v:.3f}" + (f" ({100 * rel:.1f}%)" if rel is not None else ""))
+            row.append("–" if v is None
+                       else f"{v:.3f}" + (f" ({100 * rel:.1f}%)" if rel is not None else ""))
         if ref:
             row.append(f"{100 * sum(rels) / len(rels):.1f}%" if rels else "–")
         lines.append("| " + " | ".join(row) + " |")
     ctx = {m: next((j["metrics"][m] for _, j in loaded if m in j["metrics"]), {}) for m in names}
-    notes = [f"- {m}: {c.get('split', '')}" + (f", seq_len {c['seq_len']}, {c['windows']} windows" if "windows" in c
-                                               else f", {c.get('questions', '?')} questions") for m, c in ctx.items()]
-    ref_note = "relative = dense-LoRA ppl / ppl, or acc / dense-LoRA acc (docs/paper.md §7)" if ref else \
-        "no `lora` run given: relative performance needs the dense reference"
+    notes = [f"- {m}: {c.get('split', '')}"
+             + (f", seq_len {c['seq_len']}, {c['windows']} windows" if "windows" in c
+                else f", {c.get('questions', '?')} questions")
+             for m, c in ctx.items()]
+    ref_note = ("relative = dense-LoRA ppl / ppl, or acc / dense-LoRA acc (docs/paper.md §7)" if ref
+                else "no `lora` run given: relative performance needs the dense reference")
     return "\n".join(lines + ["", ref_note] + notes)
 
 
 # -----------------------------------------------------------------------------
-# --mask-overlap: does the mask move with the domain? (docs/paper.md §7, the paper's structural-shift analysis)
+# --mask-overlap: does the mask move with the domain? (docs/paper.md §7, the paper's
+# structural-shift analysis)
 
 def mask_overlap(paths, png=None):
-    """IoU of the *pruned* positions of every adapted matrix between each pair of runs. Chance level for
-    two independent masks at sparsity p is p / (2 - p): printed beside, so 'high' means something."""
+    """IoU of the *pruned* positions of every adapted matrix between each pair of runs. Chance
+    level for two independent masks at sparsity p is p / (2 - p): printed beside, so 'high' means
+    something."""
     masks = []
     for path in paths:
         masks.append({k: v == 0 for k, v in saved_projections(path).items()})
@@ -115,8 +126,10 @@ def mask_overlap(paths, png=None):
     for path, sp in zip(paths, sparsity):
         if sp == 0:
             raise ModelError(f"{path}: no pruned weights (a dense run has no mask to compare)")
-        if abs(sp - sparsity[0]) > 1e-3:  # IoU and its chance level only mean something at one sparsity
-            raise ModelError(f"{path}: sparsity {sp:.4f} differs from {paths[0]}'s {sparsity[0]:.4f}")
+        # IoU and its chance level only mean something at one sparsity
+        if abs(sp - sparsity[0]) > 1e-3:
+            raise ModelError(f"{path}: sparsity {sp:.4f} differs from {paths[0]}'s "
+                             f"{sparsity[0]:.4f}")
     names = [os.path.basename(p.rstrip("/")) for p in paths]
     blocks = sorted({int(k.split(".")[1]) for k in keys})
     out = []
@@ -128,40 +141,60 @@ def mask_overlap(paths, png=None):
             for k in keys:
                 inter = (a[k] & b[k]).sum().item()
                 union = (a[k] | b[k]).sum().item()
-                grid[int(k.split(".")[1]), PROJECTIONS.index(".".join(k.split(".")[2:]))] = inter / max(1, union)
+                grid[int(k.split(".")[1]),
+                     PROJECTIONS.index(".".join(k.split(".")[2:]))] = inter / max(1, union)
             p = sum(a[k].sum().item() for k in keys) / sum(a[k].numel() for k in keys)
             grids[f"{names[i]} vs {names[j]}"] = grid
-            out.append(f"\n### pruned-position IoU: {names[i]} vs {names[j]}  (sparsity {p:.3f}; chance {p / (2 - p):.3f};"
-                       f" mean {grid.mean():.3f})\n")
-            out.append("| block | " + " | ".join(q.split(".")[1] for q in PROJECTIONS) + " | mean |")
+            out.append(f"\n### pruned-position IoU: {names[i]} vs {names[j]}  (sparsity {p:.3f}; "
+                       f"chance {p / (2 - p):.3f}; mean {grid.mean():.3f})\n")
+            out.append("| block | " + " | ".join(q.split(".")[1] for q in PROJECTIONS)
+                       + " | mean |")
             out.append("|---" * (len(PROJECTIONS) + 2) + "|")
             for bi in blocks:
-                out.append(f"| {bi} | " + " | ".join(f"{v:.3f}" for v in grid[bi].tolist()) + f" | {grid[bi].mean():.3f} |")
-            out.append("| mean | " + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist()) + f" | {grid.mean():.3f} |")
-    if len(grids) > 1 or len(blocks) >= 3:  # one line per pair: where in the network the masks agree
-        thirds = [blocks[i * len(blocks) // 3:(i + 1) * len(blocks) // 3] for i in range(3)]
-        out.append("\n### summary: mean pruned-position IoU per pair, by projection and by depth\n")
-        out.append("| pair | all | " + " | ".join(q.split(".")[1] for q in PROJECTIONS)
-                   + " | " + " | ".join(f"blocks {t[0]}-{t[-1]}" for t in thirds) + " |")
-        out.append("|---" * (len(PROJECTIONS) + 5) + "|")
-        for title, grid in grids.items():
-            out.append(f"| {title} | {grid.mean():.3f} | " + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist())
-                       + " | " + " | ".join(f"{grid[t].mean():.3f}" for t in thirds) + " |")
+                out.append(f"| {bi} | " + " | ".join(f"{v:.3f}" for v in grid[bi].tolist())
+                           + f" | {grid[bi].mean():.3f} |")
+            out.append("| mean | " + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist())
+                       + f" | {grid.mean():.3f} |")
+    # one line per pair: where in the network the masks agree
+    if len(grids) > 1 or len(blocks) >= 3:
+        out.extend(_overlap_summary(grids, blocks))
     if png:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            out.append(f"\n(no heatmap: matplotlib is not installed; `pip install matplotlib` for {png})")
-        else:
-            fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 0.25 * len(blocks) + 2), squeeze=False)
-            for ax, (title, grid) in zip(axes[0], grids.items()):
-                im = ax.imshow(grid.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
-                ax.set_title(title.replace(" vs ", "\nvs "), fontsize=7)
-                ax.set_xticks(range(len(PROJECTIONS)), [q.split(".")[1] for q in PROJECTIONS], rotation=60, fontsize=7)
-                ax.set_ylabel("block")
-            fig.colorbar(im, ax=axes[0].tolist(), label="IoU of pruned positions")
-            fig.savefig(png, dpi=120, bbox_inches="tight")
-            out.append(f"\nheatmap: {png}")
+        out.append(_overlap_heatmap(grids, blocks, png))
     return "\n".join(out)
+
+
+def _overlap_summary(grids, blocks):
+    """mask_overlap's summary table: each pair's mean IoU overall, per projection and per third
+    of the blocks."""
+    thirds = [blocks[i * len(blocks) // 3:(i + 1) * len(blocks) // 3] for i in range(3)]
+    out = ["\n### summary: mean pruned-position IoU per pair, by projection and by depth\n"]
+    out.append("| pair | all | " + " | ".join(q.split(".")[1] for q in PROJECTIONS)
+               + " | " + " | ".join(f"blocks {t[0]}-{t[-1]}" for t in thirds) + " |")
+    out.append("|---" * (len(PROJECTIONS) + 5) + "|")
+    for title, grid in grids.items():
+        out.append(f"| {title} | {grid.mean():.3f} | "
+                   + " | ".join(f"{v:.3f}" for v in grid.mean(0).tolist())
+                   + " | " + " | ".join(f"{grid[t].mean():.3f}" for t in thirds) + " |")
+    return out
+
+
+def _overlap_heatmap(grids, blocks, png):
+    """mask_overlap's heatmaps, one per pair, saved to png -> the report's line about it (or why
+    there is none: matplotlib is optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"\n(no heatmap: matplotlib is not installed; `pip install matplotlib` for {png})"
+    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 0.25 * len(blocks) + 2),
+                             squeeze=False)
+    for ax, (title, grid) in zip(axes[0], grids.items()):
+        im = ax.imshow(grid.numpy(), aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(title.replace(" vs ", "\nvs "), fontsize=7)
+        ax.set_xticks(range(len(PROJECTIONS)), [q.split(".")[1] for q in PROJECTIONS],
+                      rotation=60, fontsize=7)
+        ax.set_ylabel("block")
+    fig.colorbar(im, ax=axes[0].tolist(), label="IoU of pruned positions")
+    fig.savefig(png, dpi=120, bbox_inches="tight")
+    return f"\nheatmap: {png}"
