@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
@@ -289,9 +290,16 @@ def main(argv=None):
                              device=a.device)
     print(f"{a.model_dir} (domain {domain or 'general'}, seq_len {a.seq_len}, "
           f"{a.windows or 'all'} windows, fp32)\n" + table(ours, theirs))
-    if a.out:
+    if a.out:  # a record: what ran on which folder, at which commit, and both harnesses' numbers
+        import lm_eval
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+        rec = {"command": "python bench/lm_eval_tasks.py " + " ".join(argv or sys.argv[1:]),
+               "model": a.model_dir, "domain": domain, "commit": commit.stdout.strip(),
+               "lm_eval_version": getattr(lm_eval, "__version__", "?"), "lm_eval": ours,
+               "eval_py": theirs}
         with open(a.out, "w") as f:
-            json.dump({"lm_eval": ours, "eval_py": theirs}, f, indent=1)
+            json.dump(rec, f, indent=1)
     return 0
 
 

@@ -12,6 +12,7 @@ Every generated table of RESULTS.md and README.md, from the records in results/ 
 | results/foresight-probe.json | results/foresight-probe.json | bench/foresight_probe.py --json |
 | results/step-cost.json | results/step-cost.json | bench/step_cost.py --json |
 | results/event-audit.json | results/event-audit.json | bench/event_audit.py --json |
+| results/lm-eval | results/lm-eval-*.json | bench/lm_eval_tasks.py --out |
 | README headline | results/default-runs.json, results/grid.json | the two above |
 
 A record that is missing leaves its block as it is and says so.
@@ -188,6 +189,23 @@ def audit_table(rec):
     return "\n".join(lines) + f"\n\n`{rec['command']}`, update `{rec['update']}`."
 
 
+def lm_eval_table(recs):
+    """lm-eval against eval.py on the same folders, tokens and questions (results/lm-eval-*.json)."""
+    lines = ["| folder | metric | lm-eval | eval.py | relative difference | context |",
+             "|---" * 6 + "|"]
+    for rec in recs:
+        folder = os.path.basename(rec["model"].rstrip("/"))
+        for m, v in rec["lm_eval"].items():
+            e = rec["eval_py"][m]
+            ctx = f"{e['windows']} windows of {e['seq_len']}" if "windows" in e else \
+                f"{e.get('questions')} questions"
+            lines.append(f"| {folder} | {m} | {v['value']:.6f} | {e['value']:.6f} | "
+                         f"{(v['value'] - e['value']) / e['value']:+.1e} | {ctx} |")
+    cmds = "; ".join(f"`{r['command']}` (lm-eval {r['lm_eval_version']}, {r['commit']})"
+                     for r in recs)
+    return "\n".join(lines) + f"\n\n{cmds}."
+
+
 HEAD_COLS = [("legal", "domain_test_ppl", "legal domain ppl"), ("legal", "cuad_ppl", "CUAD ppl"),
              ("legal", "wikitext2_ppl", "WikiText-2 ppl (legal run)"),
              ("health", "domain_test_ppl", "health domain ppl"),
@@ -264,6 +282,10 @@ def main():
             print(f"results/{name}: no record yet, its block is left as it is")
             continue
         blocks.append((RESULTS, f"results/{name}", lambda rec=rec, render=render: render(rec)))
+    lm = [load(f) for f in sorted(os.listdir(os.path.join(HERE, "results")))
+          if f.startswith("lm-eval-") and f.endswith(".json")]
+    if lm:
+        blocks.append((RESULTS, "results/lm-eval", lambda: lm_eval_table(lm)))
     if runs:
         blocks.append((README, "results/headline", lambda: headline(runs, grid_records)))
     for path, name, render in blocks:
