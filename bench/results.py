@@ -126,10 +126,11 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
     import matplotlib.pyplot as plt
     pts = budget_points(records)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label, p in pts.items():
-        a.plot([x[0] for x in p], [x[2] for x in p], "o-", label=label)
+    for i, (label, p) in enumerate(sorted(pts.items(), key=lambda kv: BUDGET_CELLS.index(kv[0]))):
+        style = dict(marker="o", color=f"C{i}", label=label)  # one colour per method, both panels
+        a.plot([x[0] for x in p], [x[2] for x in p], **style)
         if label != "lora":
-            b.plot([x[0] for x in p if x[1]], [100 * x[1] for x in p if x[1]], "o-", label=label)
+            b.plot([x[0] for x in p if x[1]], [100 * x[1] for x in p if x[1]], **style)
     if base and "lora" in pts:
         a.axhline(base["domain_test_ppl"], ls="--", c="k", label="dense base")
         ratio = [(s, 100 * statistics.mean(r["metrics"][m] / base[m] for m in
@@ -137,6 +138,7 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
         b.plot([s for s, _ in ratio], [v for _, v in ratio], "k--", label="dense base")
     for ax, title in ((a, "legal domain test ppl"), (b, "% of dense LoRA (mean of 3 ppl ratios)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks([24, 48, 96, 192], ["24", "48", "96", "192"])
         ax.set_xlabel("training steps (× 4 × 256 tokens)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
