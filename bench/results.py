@@ -149,8 +149,8 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
 
 
 def probe_table(rec):
-    names = sorted({k.rsplit(" p=", 1)[0] for k in rec["summary"]})
-    sps = sorted({k.rsplit(" p=", 1)[1] for k in rec["summary"]})
+    names = list(dict.fromkeys(k.rsplit(" p=", 1)[0] for k in rec["summary"]))  # record order
+    sps = list(dict.fromkeys(k.rsplit(" p=", 1)[1] for k in rec["summary"]))
     head = " | ".join(f"p = {p}: mean IoU vs Wanda on U | p = {p}: rel. error (geo-mean)"
                       for p in sps)
     lines = [f"| reading | {head} |", "|---" * (1 + 2 * len(sps)) + "|"]
