@@ -269,13 +269,15 @@ def headline(runs, records):
     return "\n".join(lines) + "\n\n" + "\n".join(words)
 
 
-def main():
+def blocks():
+    """[(file, block name, render())] for every block whose record exists; a missing record is
+    printed and its block left as it is."""
     grid_records, runs = load("grid.json") or [], load("default-runs.json")
-    blocks = [(RESULTS, "results/grid.json",
-               lambda: grid.tables([r for r in grid_records if r["domain"] not in GENRE]))]
-    blocks.append((RESULTS, "results/genre", lambda: genre_table(grid_records)))
+    out = [(RESULTS, "results/grid.json",
+            lambda: grid.tables([r for r in grid_records if r["domain"] not in GENRE])),
+           (RESULTS, "results/genre", lambda: genre_table(grid_records))]
     base = next((r["base"] for r in runs or [] if r["name"] == "legal"), None)
-    blocks.append((RESULTS, "results/budget", lambda: budget_table(grid_records, base)))
+    out.append((RESULTS, "results/budget", lambda: budget_table(grid_records, base)))
     for name, render in (("default-runs.json", default_runs.table),
                          ("foresight-probe.json", probe_table), ("step-cost.json", step_table),
                          ("event-audit.json", audit_table)):
@@ -283,16 +285,22 @@ def main():
         if rec is None:
             print(f"results/{name}: no record yet, its block is left as it is")
             continue
-        blocks.append((RESULTS, f"results/{name}", lambda rec=rec, render=render: render(rec)))
+        out.append((RESULTS, f"results/{name}", lambda rec=rec, render=render: render(rec)))
     lm = [load(f) for f in sorted(os.listdir(os.path.join(HERE, "results")))
           if f.startswith("lm-eval-") and f.endswith(".json")]
     if lm:
-        blocks.append((RESULTS, "results/lm-eval", lambda: lm_eval_table(lm)))
+        out.append((RESULTS, "results/lm-eval", lambda: lm_eval_table(lm)))
     if runs:
-        blocks.append((README, "results/headline", lambda: headline(runs, grid_records)))
-    for path, name, render in blocks:
+        out.append((README, "results/headline", lambda: headline(runs, grid_records)))
+    return out
+
+
+def main():
+    for path, name, render in blocks():
         grid.replace_block(path, name, render())
         print(f"{os.path.relpath(path, HERE)}: {name} rewritten")
+    grid_records = load("grid.json") or []
+    base = next((r["base"] for r in load("default-runs.json") or [] if r["name"] == "legal"), None)
     if any(r["label"].partition("+")[2] for r in grid_records):
         print(f"figure: {os.path.relpath(budget_figure(grid_records, base), HERE)}")
 

@@ -398,16 +398,20 @@ def test_grid_resumes_a_killed_cell_only_from_a_checkpoint(tmp_path, monkeypatch
                      ["legal", "--out", str(tmp_path / "c")], ["--out", str(tmp_path / "d"), "--resume"]]
 
 
-def test_results_md_tables_are_generated_from_results_grid_json():
-    # the committed grid numbers are data (results/grid.json); RESULTS.md shows exactly what bench/grid.py
-    # computes from them, so prose and data cannot drift apart
-    from bench import grid
+def test_results_and_readme_tables_are_generated_from_the_records():
+    # the committed numbers are data (results/*.json); RESULTS.md and README.md show exactly what
+    # bench/results.py computes from them, so prose tables and data cannot drift apart
+    from bench import grid, results
     records = grid.load_record()
     assert records and all(r["command"].startswith("python train.py ") for r in records)
     assert all(abs(r["measured_sparsity"] - r["sparsity"]) < 1e-3 for r in records)  # measured on the weights
-    text = open(os.path.join(os.path.dirname(grid.RECORD), "..", "RESULTS.md"), encoding="utf-8").read()
-    block = text.split("<!-- results/grid.json:start -->\n")[1].split("<!-- results/grid.json:end -->")[0]
-    assert block == grid.tables(records) + "\n"
+    made = results.blocks()
+    assert {name for _, name, _ in made} >= {"results/grid.json", "results/genre", "results/budget",
+                                             "results/default-runs.json", "results/headline"}
+    for path, name, render in made:
+        text = open(path, encoding="utf-8").read()
+        block = text.split(f"<!-- {name}:start -->\n")[1].split(f"<!-- {name}:end -->")[0]
+        assert block == render() + "\n", f"{path}: {name} is not what bench/results.py makes"
 
 
 def test_eval_prune_oneshot_matches_direct_computation(tiny_model_dir, cache, tmp_path, monkeypatch):
