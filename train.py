@@ -88,7 +88,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--domain", help="built-in domain: legal (licence texts) or health (HPO definitions)")
+    a("--domain", help="built-in domain: legal (licence texts), health (HPO definitions); in the "
+                       "benchmarks' genre (full assets): legal-cuad, health-pubmedqa")
     a("--data", help="your own corpus instead of --domain: a .txt / .jsonl file or folder of .txt")
     a("--data-dir", help="benchmark assets (CUAD, PubMedQA, WikiText-2); default: $XPERT_ASSETS, "
                          "../shared/assets, assets/")
