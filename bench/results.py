@@ -51,21 +51,25 @@ def fmt(v):
     return "–" if v is None else f"{v:.3f}"
 
 
-def genre_table(records):
+def genre_table(records, base_answers=None):
     """The in-genre experts against the dense base measured on the same windows, per sparsity."""
     rows = {}
     for r in records:
         if r["domain"] in GENRE and "base" in r:
             rows.setdefault((r["domain"], r["sparsity"], r["label"]), []).append(r)
-    head = ["domain", "sparsity", "method", "seeds"] + list(COLUMNS.values())
+    head = ["domain", "sparsity", "method", "seeds"] + list(COLUMNS.values()) + [
+        "in-genre ppl, % of dense LoRA", "PubMedQA answers yes / no / maybe"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for d in GENRE:
+        own = grid.BENCH_PPL[grid.DOMAINS[d].benchmarks[0]]  # the benchmark in the domain's genre
         keys = sorted((k for k in rows if k[0] == d), key=lambda k: (k[1], k[2] != "lora", k[2]))
         if not keys:
             continue
         base = rows[keys[0]]
         lines.append(f"| {d} | – | **dense base** (no training) | – | "
-                     + " | ".join(fmt(mean(base, m, True)) for m in COLUMNS) + " |")
+                     + " | ".join(fmt(mean(base, m, True)) for m in COLUMNS) + " | – | "
+                     + (" / ".join(map(str, base_answers.values())) if base_answers and
+                        "pubmedqa_acc" in base[0]["base"] else "–") + " |")
         for k in keys:
             rs = rows[k]
             cells = []
@@ -75,6 +79,10 @@ def genre_table(records):
                     ((v > b) if m.endswith(("acc", "f1")) else (v < b))
                 cells.append(fmt(v) if v is None or b is None else
                              f"{'**' if better else ''}{v:.3f}{'**' if better else ''}")
+            rel = [r["relative_to_lora"].get(own) for r in rs]
+            said = [r["metric_context"].get("pubmedqa_acc", {}).get("answers") for r in rs]
+            cells.append("–" if None in rel else f"{100 * statistics.mean(rel):.1f}%")
+            cells.append("; ".join(" / ".join(map(str, a.values())) for a in said if a) or "–")
             lines.append(f"| {d} | {k[1]:g} | {k[2]} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nBold: better than the dense base on that metric (same windows " \
         "and questions; PubMedQA: a fixed random 100 of the 500 official test questions)."
@@ -273,9 +281,10 @@ def blocks():
     """[(file, block name, render())] for every block whose record exists; a missing record is
     printed and its block left as it is."""
     grid_records, runs = load("grid.json") or [], load("default-runs.json")
+    answers = next((r["base_pubmedqa_answers"] for r in runs or [] if r["name"] == "health"), None)
     out = [(RESULTS, "results/grid.json",
             lambda: grid.tables([r for r in grid_records if r["domain"] not in GENRE])),
-           (RESULTS, "results/genre", lambda: genre_table(grid_records))]
+           (RESULTS, "results/genre", lambda: genre_table(grid_records, answers))]
     base = next((r["base"] for r in runs or [] if r["name"] == "legal"), None)
     out.append((RESULTS, "results/budget", lambda: budget_table(grid_records, base)))
     for name, render in (("default-runs.json", default_runs.table),
