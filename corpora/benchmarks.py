@@ -28,18 +28,28 @@ def _read_json(file):
 
 def cuad_docs(data_dir, max_chars=None):
     """CUAD v1 contracts (510 in all), in file order, whole contracts up to max_chars."""
+    return _whole_prefix(_cuad_all(data_dir), max_chars)
+
+
+def _cuad_all(data_dir):
     file = os.path.join(data_dir, CUAD_FILE)
-    docs, total = [], 0
+    docs = []
     for i, line in enumerate(_read_text(file, "CUAD").split("\n"), 1):
         if not line.strip():
             continue
         try:
-            text = json.loads(line)["text"].replace("\r\n", "\n").strip()
+            docs.append(json.loads(line)["text"].replace("\r\n", "\n").strip())
         except (ValueError, KeyError, TypeError, AttributeError):
             raise DataError(f"{file}: line {i} is not a JSON object with a \"text\" field")
-        if max_chars is not None and docs and total + len(text) > max_chars:
-            break
-        docs.append(text)
+    return docs
+
+
+def _whole_prefix(docs, max_chars):
+    """The first documents whose lengths add up to at most max_chars (always the first one)."""
+    total = 0
+    for n, text in enumerate(docs):
+        if max_chars is not None and n and total + len(text) > max_chars:
+            return docs[:n]
         total += len(text)
     return docs
 
@@ -47,7 +57,7 @@ def cuad_docs(data_dir, max_chars=None):
 def pubmedqa_items(data_dir, split="test"):
     """PubMedQA PQA-L questions -> [{pmid, question, context, answer}]. split="test": the 500
     official test questions (test_ground_truth.json, in its order); "train": the other 500
-    (train/dev side)."""
+    (train/dev side), each with its long_answer too."""
     d = os.path.join(data_dir, PUBMEDQA_DIR)
     ori = _read_json(os.path.join(d, "ori_pqal.json"))
     truth = _read_json(os.path.join(d, "test_ground_truth.json"))
@@ -66,8 +76,10 @@ def pubmedqa_items(data_dir, split="test"):
         if answer not in CHOICES:
             raise DataError(f"{d}: question {p} has answer {answer!r}, "
                             f"not one of {'/'.join(CHOICES)}")
-        items.append(dict(pmid=p, question=q["QUESTION"], context=" ".join(q["CONTEXTS"]),
-                          answer=answer))
+        item = dict(pmid=p, question=q["QUESTION"], context=" ".join(q["CONTEXTS"]), answer=answer)
+        if split == "train":  # the conclusions, trained on (health-pubmedqa); never the test ones
+            item["long_answer"] = q.get("LONG_ANSWER", "")
+        items.append(item)
     return items
 
 
@@ -92,9 +104,10 @@ def cuad_training_docs(data_dir):
     file, whole contracts), minus any that opens like a scored one: CUAD holds the same agreement
     filed twice under two names (an Armstrong Flooring IP agreement is contract 22 and 40, texts not
     equal). 470 of the 510 with the full set."""
-    scored = cuad_docs(data_dir, BENCH_MAX_CHARS)
+    every = _cuad_all(data_dir)  # read once: the scored prefix and the rest
+    scored = _whole_prefix(every, BENCH_MAX_CHARS)
     text = "\n\n".join(scored)
-    docs = [d for d in cuad_docs(data_dir)[len(scored):] if d[:1000] not in text]
+    docs = [d for d in every[len(scored):] if d[:1000] not in text]
     if not docs:
         raise DataError(f"{os.path.join(data_dir, CUAD_FILE)} holds only the {len(scored)} scored "
                         "contracts: the legal-cuad domain needs the full CUAD (set XPERT_ASSETS "
@@ -105,10 +118,7 @@ def cuad_training_docs(data_dir):
 def pubmedqa_training_docs(data_dir):
     """The abstracts (CONTEXTS) and conclusions (LONG_ANSWER) of the PQA-L questions outside the
     official test split: the 500 test questions and their abstracts stay unseen."""
-    ori = _read_json(os.path.join(data_dir, PUBMEDQA_DIR, "ori_pqal.json"))
-    test = _read_json(os.path.join(data_dir, PUBMEDQA_DIR, "test_ground_truth.json"))
-    docs = [" ".join(q["CONTEXTS"]) + "\n" + q.get("LONG_ANSWER", "")
-            for p, q in ori.items() if p not in test]
+    docs = [it["context"] + "\n" + it["long_answer"] for it in pubmedqa_items(data_dir, "train")]
     if not docs:
         raise DataError(f"{os.path.join(data_dir, PUBMEDQA_DIR)} holds only the test questions: "
                         "the health-pubmedqa domain needs the full PQA-L (set XPERT_ASSETS or "
