@@ -23,7 +23,8 @@ import tempfile
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOAD = os.getloadavg()[0]  # the record says whether the machine was quiet
 sys.path.insert(0, HERE)
-from bench.grid import replace_block  # noqa: E402
+from bench.grid import contexts, head_commit, replace_block, values  # noqa: E402
+from fileio.report import better  # noqa: E402
 
 RECORD = os.path.join(HERE, "results", "default-runs.json")
 BASE = "<default model>"  # eval.py's folder argument: the converted SmolLM2 (fileio.paths)
@@ -36,13 +37,9 @@ COMMANDS = {  # name -> the command, exactly as README.md gives it
     "wanda-health": ["eval.py", BASE, "--domain", "health", "--prune", "wanda",
                      "--sparsity", "0.4"],
 }
-LABELS = {"domain_test_ppl": "domain test", "cuad_ppl": "CUAD", "wikitext2_ppl": "WikiText-2",
-          "pubmedqa_abstracts_ppl": "PubMedQA abstracts", "pubmedqa_acc": "PubMedQA acc",
-          "pubmedqa_macro_f1": "PubMedQA macro-F1"}
-
-
-def values(metrics):
-    return {k: v["value"] for k, v in metrics.items()}
+LABELS = {"domain_test_ppl": "domain test", "cuad_ppl": "CUAD",
+          "pubmedqa_abstracts_ppl": "PubMedQA abstracts", "wikitext2_ppl": "WikiText-2",
+          "pubmedqa_acc": "PubMedQA acc", "pubmedqa_macro_f1": "PubMedQA macro-F1"}
 
 
 def measure(name, out_root):
@@ -60,9 +57,7 @@ def measure(name, out_root):
     if r.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
     gnu = dict(re.findall(r"^\s*(.+?): (\S+)$", r.stderr, re.M))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                            capture_output=True, text=True).stdout.strip()
-    rec = {"name": name, "command": "python " + " ".join(COMMANDS[name]), "commit": commit,
+    rec = {"name": name, "command": "python " + " ".join(COMMANDS[name]), "commit": head_commit(),
            "token_cache": "cold" if name == "tiny" else "warm",
            "process_wall": gnu.get("Elapsed (wall clock) time (h:mm:ss or m:ss)"),
            "peak_rss_mb": round(int(gnu["Maximum resident set size (kbytes)"]) / 1024),
@@ -71,14 +66,12 @@ def measure(name, out_root):
     if args[0] == "eval.py":
         with open(out + ".json") as f:
             j = next(iter(json.load(f).values()))
-        return {**rec, "metrics": values(j["metrics"]), "measured_sparsity": j["sparsity"],
-                "metric_context": {k: {x: y for x, y in v.items() if x != "value"}
-                                   for k, v in j["metrics"].items()}}
+        return {**rec, "metrics": values(j["metrics"]), "metric_context": contexts(j["metrics"]),
+                "measured_sparsity": j["sparsity"]}
     with open(os.path.join(out, "run.json")) as f:
         j = json.load(f)
     return {**rec, "base": values(j["base"]), "metrics": values(j["metrics"]),
-            "metric_context": {k: {x: y for x, y in v.items() if x != "value"}
-                               for k, v in j["metrics"].items()},
+            "metric_context": contexts(j["metrics"]),
             "base_pubmedqa_answers": j["base"].get("pubmedqa_acc", {}).get("answers"),
             "measured_sparsity": j["sparsity"]["overall"],
             "changed_per_event": [t["changed"] for t in j["timings"] if "changed" in t],
@@ -92,12 +85,11 @@ def table(records):
     for r in (r for r in records if "base" in r):
         for i, (m, v) in enumerate(r["metrics"].items()):
             b, c = r["base"][m], r["metric_context"][m]
-            better = (v > b) if m.endswith(("acc", "f1")) else (v < b)
             ctx = f"{c['split']}, " + (f"seq_len {c['seq_len']}, {c['windows']} windows"
                                        if "windows" in c else f"{c['questions']} questions")
             lines.append(f"| {'`' + r['command'] + '`' if i == 0 else ''} | {LABELS.get(m, m)} | "
                          f"{b:.3f} | {v:.3f} | {100 * (v - b) / b:+.1f}% "
-                         f"({'better' if better else 'worse'}) | {ctx} |")
+                         f"({'better' if better(m, v, b) else 'worse'}) | {ctx} |")
     cost = ["| command | sparsity (saved) | mask entries changed per event | wall | training | "
             "peak RSS | written to disk | load before | commit |", "|---" * 9 + "|"]
     for r in records:

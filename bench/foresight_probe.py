@@ -22,13 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import argparse
 import json
 import math
-import subprocess
 import time
 
 import torch
 
 import data
 import xpert
+from bench.grid import head_commit
 from bench.prune_event import block_inputs, block_stats, rel_err
 from model import LLaMA, PROJECTIONS, Tokenizer
 
@@ -154,8 +154,7 @@ def main():
     print("\n".join(lines))
     if a.json:  # a record: what ran, at which commit
         res["command"] = "python bench/foresight_probe.py " + " ".join(sys.argv[1:])
-        res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        res["commit"] = head_commit()
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
 

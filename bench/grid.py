@@ -96,6 +96,22 @@ def save_record(records):
     os.replace(RECORD + ".tmp", RECORD)
 
 
+def head_commit():
+    """The checkout's short commit, as every record names it."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
+def values(metrics):
+    """run.json's {metric: {"value", split, ...}} -> {metric: value}."""
+    return {k: v["value"] for k, v in metrics.items()}
+
+
+def contexts(metrics):
+    """run.json's {metric: {"value", split, ...}} -> {metric: what it was measured on}."""
+    return {k: {x: y for x, y in v.items() if x != "value"} for k, v in metrics.items()}
+
+
 def record_of(name, label, args, run_dir, commit):
     """One grid.json entry from a finished run folder's run.json."""
     with open(os.path.join(run_dir, "run.json")) as f:
@@ -104,10 +120,9 @@ def record_of(name, label, args, run_dir, commit):
     return {"cell": name, "label": label, "domain": c["domain"], "method": c["method"],
             "sparsity": 0.0 if c["method"] == "lora" else c["sparsity"], "seed": c["seed"],
             "command": "python train.py " + " ".join(args), "commit": commit,
-            "metrics": {k: v["value"] for k, v in j["metrics"].items()},
-            "metric_context": {k: {x: y for x, y in v.items() if x != "value"} for k, v in j["metrics"].items()},
+            "metrics": values(j["metrics"]), "metric_context": contexts(j["metrics"]),
             "base_domain_test_ppl": j["base"]["domain_test_ppl"]["value"],
-            "base": {k: v["value"] for k, v in j["base"].items()},  # every metric, same windows
+            "base": values(j["base"]),  # every metric, same windows
             "measured_sparsity": j["sparsity"]["overall"],
             "changed_per_event": [t["changed"] for t in j.get("timings", []) if "changed" in t],  # prune events only
             "wall_time_s": round(j["wall_time_s"], 1), "train_time_s": round(j["train_time_s"], 1),
@@ -115,8 +130,7 @@ def record_of(name, label, args, run_dir, commit):
 
 
 def run_cells(todo, out_root):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = head_commit()
     for i, (name, label, args) in enumerate(todo):
         records = load_record()
         if any(r["cell"] == name for r in records):

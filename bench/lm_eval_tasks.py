@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
@@ -39,6 +38,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import eval as xeval  # noqa: E402  (eval.py: the numbers lm-eval is checked against)
+from bench.grid import head_commit  # noqa: E402
 from corpora import benchmarks  # noqa: E402
 from fileio import paths  # noqa: E402
 from model import LLaMA, Tokenizer  # noqa: E402
@@ -292,10 +292,8 @@ def main(argv=None):
           f"{a.windows or 'all'} windows, fp32)\n" + table(ours, theirs))
     if a.out:  # a record: what ran on which folder, at which commit, and both harnesses' numbers
         import lm_eval
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
         rec = {"command": "python bench/lm_eval_tasks.py " + " ".join(argv or sys.argv[1:]),
-               "model": a.model_dir, "domain": domain, "commit": commit.stdout.strip(),
+               "model": a.model_dir, "domain": domain, "commit": head_commit(),
                "lm_eval_version": getattr(lm_eval, "__version__", "?"), "lm_eval": ours,
                "eval_py": theirs}
         with open(a.out, "w") as f:

@@ -19,19 +19,19 @@ A record that is missing leaves its block as it is and says so.
 """
 import json
 import os
+import re
 import statistics
 import sys
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 from bench import default_runs, grid  # noqa: E402
+from fileio.report import better, relative  # noqa: E402
 
 RESULTS, README = os.path.join(HERE, "RESULTS.md"), os.path.join(HERE, "README.md")
 GENRE = ("legal-cuad", "health-pubmedqa")
 BUDGET_CELLS = ("lora", "wanda-lora", "xpert-eq2-early", "xpert-eq2-paper")
-COLUMNS = {"domain_test_ppl": "domain test", "cuad_ppl": "CUAD", "pubmedqa_abstracts_ppl":
-           "PubMedQA abstracts", "wikitext2_ppl": "WikiText-2", "pubmedqa_acc": "PubMedQA acc",
-           "pubmedqa_macro_f1": "macro-F1"}
+COLUMNS = default_runs.LABELS  # metric -> its column title
 
 
 def load(name):
@@ -75,10 +75,8 @@ def genre_table(records, base_answers=None):
             cells = []
             for m in COLUMNS:
                 v, b = mean(rs, m), mean(rs, m, True)
-                better = v is not None and b is not None and \
-                    ((v > b) if m.endswith(("acc", "f1")) else (v < b))
-                cells.append(fmt(v) if v is None or b is None else
-                             f"{'**' if better else ''}{v:.3f}{'**' if better else ''}")
+                bold = "**" if better(m, v, b) else ""
+                cells.append(fmt(v) if v is None or b is None else f"{bold}{v:.3f}{bold}")
             rel = [r["relative_to_lora"].get(own) for r in rs]
             said = [r["metric_context"].get("pubmedqa_acc", {}).get("answers") for r in rs]
             cells.append("–" if None in rel else f"{100 * statistics.mean(rel):.1f}%")
@@ -93,11 +91,11 @@ def budget_points(records):
     pts = {}
     for r in records:
         label, _, tag = r["label"].partition("+")
+        budget = re.fullmatch(r"(?:steps(\d+))?", tag)  # '' = the grid's pinned 24 steps
         if r["domain"] != "legal" or r["seed"] != 0 or label not in BUDGET_CELLS \
-                or r["sparsity"] not in (0.0, 0.4) or tag not in ("",) + tuple(
-                    f"steps{n}" for n in (48, 96, 192)):
+                or r["sparsity"] not in (0.0, 0.4) or budget is None:
             continue
-        steps = int(tag[5:]) if tag else 24
+        steps = int(budget[1] or 24)
         rel = [v for m, v in r["relative_to_lora"].items() if m.endswith("_ppl") and v is not None]
         pts.setdefault(label, []).append((steps, statistics.mean(rel) if len(rel) == 3 else None,
                                           r["metrics"]["domain_test_ppl"], r))
@@ -141,7 +139,7 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
             b.plot([x[0] for x in p if x[1]], [100 * x[1] for x in p if x[1]], **style)
     if base and "lora" in pts:
         a.axhline(base["domain_test_ppl"], ls="--", c="k", label="dense base")
-        ratio = [(s, 100 * statistics.mean(r["metrics"][m] / base[m] for m in
+        ratio = [(s, 100 * statistics.mean(relative(m, base[m], r["metrics"][m]) for m in
                   ("domain_test_ppl", "cuad_ppl", "wikitext2_ppl"))) for s, _, _, r in pts["lora"]]
         b.plot([s for s, _ in ratio], [v for _, v in ratio], "k--", label="dense base")
     for ax, title in ((a, "legal domain test ppl"), (b, "% of dense LoRA (mean of 3 ppl ratios)")):
@@ -233,8 +231,7 @@ HEAD_CELLS = [("lora", "dense LoRA, 24 steps (grid `lora`)"),
 
 def verdict(base, expert):
     """Which metrics the expert improves over the base, in words."""
-    up = [COLUMNS[m] for m, v in expert.items() if m in base and
-          ((v > base[m]) if m.endswith(("acc", "f1")) else (v < base[m]))]
+    up = [COLUMNS[m] for m, v in expert.items() if better(m, v, base.get(m))]
     down = [COLUMNS[m] for m in expert if m in base and COLUMNS[m] not in up]
     return f"better than the dense base on {', '.join(up) or 'nothing'}; worse on " \
            f"{', '.join(down) or 'nothing'}"
@@ -260,8 +257,7 @@ def headline(runs, records):
         cells = []
         for d, m, _ in HEAD_COLS:
             v, b = vals.get(d, {}).get(m), base.get(d, {}).get(m)
-            good = v is not None and vals is not base and \
-                ((v > b) if m.endswith(("acc", "f1")) else (v < b))
+            good = vals is not base and better(m, v, b)
             cells.append("–" if v is None else (f"**{v:.3f}**" if good else f"{v:.3f}"))
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     said = {d: by[d]["base_pubmedqa_answers"] for d in ("health",) if d in by}

@@ -24,6 +24,12 @@ def relative(metric, value, ref):
     return value / ref if metric.endswith(HIGHER_IS_BETTER) else ref / value
 
 
+def better(metric, value, ref):
+    """Does value improve on ref: a higher accuracy or F1, a lower perplexity?"""
+    r = relative(metric, value, ref)
+    return r is not None and r > 1
+
+
 def saved_projections(path):
     """{'layers.b.<proj>': weight} of the adapted projections in a saved folder (no model code
     involved)."""
