@@ -601,21 +601,29 @@ def test_truncated_checkpoint_resume_one_line(killed, cache):
     assert not os.path.exists(killed.out)
 
 
-def test_disk_full_at_checkpoint_one_line(cache, tmp_path, monkeypatch, capsys):
-    """ENOSPC while writing the 2nd checkpoint (in-process: no command can fill a disk safely)."""
+def filling_disk(calls, partial, error):
+    """A torch.save that writes the first checkpoint, then `partial` bytes (what fitted before
+    the disk filled up) and raises error(path): a disk filling up between two checkpoints."""
     import torch
-    import train
-    monkeypatch.setenv("XPERT_CACHE", str(cache))
-    real_save, calls = torch.save, []
+    real_save = torch.save
 
-    def full_disk(obj, f, *a, **k):
+    def save(obj, f, *a, **k):
         calls.append(f)
         if len(calls) == 1:
             return real_save(obj, f, *a, **k)
         with open(f, "wb") as fh:
-            fh.write(b"\0" * 1000)  # what fitted before the disk filled up
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+            fh.write(partial)
+        raise error(f)
+    return save
 
+
+def test_disk_full_at_checkpoint_one_line(cache, tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing the 2nd checkpoint (in-process: no command can fill a disk safely)."""
+    import train
+    monkeypatch.setenv("XPERT_CACHE", str(cache))
+    calls = []
+    full_disk = filling_disk(calls, b"\0" * 1000,
+                             lambda f: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f)))
     monkeypatch.setattr(train.torch, "save", full_disk)
     out = tmp_path / "run"
     rc = train.main(["--model", MODEL, *FAST, "--method", "lora", "--steps", "5", "--ckpt-every", "1",

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import pytest
 
 from test_hostile import (COMPUTE, FAST, MODEL, ROOT, Bg, assert_nothing_on_disk,
-                          assert_one_line_error, copy_model, corpus_text, messages, run, short,
-                          st_save_tensors, st_tensors, wait_for)
+                          assert_one_line_error, copy_model, corpus_text, filling_disk, messages,
+                          run, short, st_save_tensors, st_tensors, wait_for)
 
 pytestmark = pytest.mark.skipif(MODEL is None, reason="stories260K not found")
 
@@ -409,16 +409,9 @@ def test_full_disk_checkpoint_runtime_error_injected(cache, tmp_path, monkeypatc
     import torch
     import train
     monkeypatch.setenv("XPERT_CACHE", str(cache))
-    real_save, calls = torch.save, []
-
-    def full_disk(obj, f, *a, **k):
-        calls.append(f)
-        if len(calls) == 1:
-            return real_save(obj, f, *a, **k)
-        with open(f, "wb") as fh:
-            fh.write(b"PK\3\4" + b"\0" * 4092)  # what fitted before the disk filled up
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 64")
-
+    calls = []
+    full_disk = filling_disk(calls, b"PK\3\4" + b"\0" * 4092, lambda f: RuntimeError(
+        "[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 64"))
     monkeypatch.setattr(torch, "save", full_disk)
     out = tmp_path / "run"
     rc = train.main(train_args(out, "--steps", "5", "--ckpt-every", "1")[1:])
