@@ -86,6 +86,9 @@ class EvalOptions:
     progress: bool = True
 
 
+RUN = EvalOptions()  # what a train.py run measures with by default (eval.py's CLI defaults too)
+
+
 def evaluate(model, tok, domain, splits=None, options=EvalOptions(), log=print):
     """All metrics that the available data allow. Returns {name: {"value", "split", "seq_len",
     "windows"}}. Missing benchmark files are skipped with a printed reason, never silently."""
@@ -228,9 +231,6 @@ def prune_oneshot(model, splits, args, seq_len, seed, domain):
     print(f"  pruned one-shot with {args.prune} at {args.sparsity:g} ({len(calib)}×{seq_len} "
           f"calibration tokens, {domain} calib split): sparsity {sp:.4f}")
     return sp
-
-
-RUN = EvalOptions()  # what a train.py run measures with by default
 
 
 def warn_windowing(path, run, chosen):

@@ -69,7 +69,7 @@ METHODS = {  # §6: EfficientXpert and the baselines it is compared with
 # events and steps were chosen by the grid (results/grid.json, RESULTS.md): one event at 4% (step 2
 # of 48, then masked repair) beat the paper's three, and at 48 steps the 40% experts of both
 # domains end below the dense base on their own domain.
-_P, _E = xpert.PruneConfig(), evaluation.EvalOptions()
+_P, _E = xpert.PruneConfig(), evaluation.RUN  # the run's evaluation defaults live in eval.py
 DEFAULTS = dict(
     domain=None, data=None, data_dir=None, model=None, method="xpert", preset=None,
     sparsity=NotGiven(_P.sparsity), nm=None, group=_P.group, foresight=_P.foresight, delta=_P.delta,
