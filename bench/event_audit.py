@@ -138,12 +138,13 @@ def main():
     for ev in events:
         for r in ev["rows"]:
             print(f"| {ev['event']} | {r['matrix']} | {r['changed']} | {r['revived']} | "
-                  f"{r['none']:.4g} | {r['r_only']:.4g} | {r['event']:.4g} | {r['recomputed']:.1e} |")
+                  f"{r['none']:.4g} | {r['r_only']:.4g} | {r['event']:.4g} | "
+                  f"{r['recomputed']:.1e} |")
     for ev in events:
         if ev["rows"]:
             worse = sum(r["r_only"] > r["none"] for r in ev["rows"])
-            print(f"event {ev['event']}: sums none {sum(r['none'] for r in ev['rows']):.4f}, R only "
-                  f"{sum(r['r_only'] for r in ev['rows']):.4f}, event "
+            print(f"event {ev['event']}: sums none {sum(r['none'] for r in ev['rows']):.4f}, R "
+                  f"only {sum(r['r_only'] for r in ev['rows']):.4f}, event "
                   f"{sum(r['event'] for r in ev['rows']):.4f}; R only worse than none in {worse} "
                   f"of {len(ev['rows'])} changed matrices")
     if a.json:

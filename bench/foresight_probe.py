@@ -1,17 +1,20 @@
 """
-Does the propagation factor change *which* weights go, and does that help? (docs/paper.md §4.4, issue 12.)
-One-shot on real SmolLM2-135M layers, no LoRA (U = W), dense-model inputs. Not a test: a measurement.
+Does the propagation factor change *which* weights go, and does that help? (docs/paper.md §4.4, \
+issue 12.)
+One-shot on real SmolLM2-135M layers, no LoRA (U = W), dense-model inputs. Not a test: a
+measurement.
 
-For blocks × the seven projections × sparsities, each reading's mask against Wanda on U (|U|·‖X_c‖ per
-output row), and the relative output error on held-out tokens with the non-linearity included:
-    q/k/v      the attention output after o_proj (softmax, RoPE, GQA; the other two projections dense)
+For blocks × the seven projections × sparsities, each reading's mask against Wanda on U (|U|·‖X_c‖
+per output row), and the relative output error on held-out tokens with the non-linearity included:
+    q/k/v      the attention output after o_proj (softmax, RoPE, GQA; the other two projections
+               dense)
     gate/up    the MLP output, through SwiGLU and down_proj
     o/down     their own output, ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖²
-Readings: eq2-out (paper Eq. 2 per output row = Wanda² × e_j: the same mask, §4.3), code (the authors'
-per-module factors, §4.4 (a), per output row), bounded δ (§4.4 (b): Eq. 2, rows compete within
-[p−δ, p+δ]). Masks come from the calibration windows, the error from test-split windows.
+Readings: eq2-out (paper Eq. 2 per output row = Wanda² × e_j: the same mask, §4.3), code (the
+authors' per-module factors, §4.4 (a), per output row), bounded δ (§4.4 (b): Eq. 2, rows compete
+within [p−δ, p+δ]). Masks come from the calibration windows, the error from test-split windows.
 
-    python bench/foresight_probe.py                                # legal, 16×256 calib, blocks 2,14,27
+    python bench/foresight_probe.py                       # legal, 16×256 calib, blocks 2,14,27
     python bench/foresight_probe.py --blocks 2 --sparsities 0.5 --json out.json
 """
 import os
@@ -38,7 +41,8 @@ def readings(W, st, e_eq2, e_code, sparsity, deltas):
     eq2 = xpert.foresight_scores(W, st.energy, e_eq2)  # paper Eq. 2
     masks = {"wanda": xpert.select_mask(W.abs() * st.energy.sqrt()[None, :], sparsity, "out"),
              "eq2-out": xpert.select_mask(eq2, sparsity, "out"),
-             "code": xpert.select_mask(xpert.foresight_scores(W, st.energy, e_code), sparsity, "out")}
+             "code": xpert.select_mask(xpert.foresight_scores(W, st.energy, e_code), sparsity,
+                                       "out")}
     for d in deltas:
         masks[f"bounded d={d:g}"] = xpert.select_mask(eq2, sparsity, "out", delta=d)
     return masks
@@ -51,7 +55,8 @@ def iou_pruned(a, b):
 
 
 def held_inputs(block, xs, cos, sin):
-    """The held-out inputs of attention (after input_layernorm) and of the MLP (after post_attention_layernorm)."""
+    """The held-out inputs of attention (after input_layernorm) and of the MLP (after
+    post_attention_layernorm)."""
     att, mlp = [], []
     with torch.no_grad():
         for x in xs:
@@ -62,7 +67,8 @@ def held_inputs(block, xs, cos, sin):
 
 
 def module_error(module, lin, W_hat, inputs, *extra):
-    """Relative squared error of `module`'s output on `inputs` when `lin`'s weight is W_hat (restored after)."""
+    """Relative squared error of `module`'s output on `inputs` when `lin`'s weight is W_hat
+    (restored after)."""
     W = lin.weight.data
     with torch.no_grad():
         ref = [module(x, *extra) for x in inputs]
@@ -83,7 +89,8 @@ def main():
     p.add_argument("--domain", default="legal", choices=list(data.DOMAINS))
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--calib-samples", type=int, default=16)
-    p.add_argument("--heldout", type=int, default=8, help="test-split windows the error is measured on")
+    p.add_argument("--heldout", type=int, default=8,
+                   help="test-split windows the error is measured on")
     p.add_argument("--blocks", default="2,14,27")
     p.add_argument("--sparsities", default="0.4,0.5")
     p.add_argument("--deltas", default="0.05,0.1,0.2")
@@ -101,10 +108,12 @@ def main():
     cfg, layers = model.config, model.model.layers
     sps = [float(x) for x in a.sparsities.split(",")]
     deltas = [float(x) for x in a.deltas.split(",")]
-    res = {"model": model.source_dir, "domain": a.domain, "blocks": a.blocks, "torch_threads": torch.get_num_threads(),
+    res = {"model": model.source_dir, "domain": a.domain, "blocks": a.blocks,
+           "torch_threads": torch.get_num_threads(),
            "calibration": f"{len(calib)}×{a.seq_len} tokens of the {a.domain} calib split",
            "heldout": f"{len(held)}×{a.seq_len} tokens of the {a.domain} test split", "layers": {}}
-    print(f"{os.path.basename(model.source_dir)}: calibration {res['calibration']}; error on {res['heldout']}")
+    print(f"{os.path.basename(model.source_dir)}: calibration {res['calibration']}; error on "
+          f"{res['heldout']}")
 
     for b in (int(x) for x in a.blocks.split(",")):
         block = layers[b]
@@ -132,12 +141,14 @@ def main():
                     row[name] = {"iou_vs_wanda": iou_pruned(keep, masks["wanda"]), "rel_err": err}
                 key = f"block {b} {proj.split('.')[-1]} p={sp:g}"
                 res["layers"][key] = row
-                print(f"  {key}: " + ", ".join(f"{n} {v['iou_vs_wanda']:.3f}/{v['rel_err']:.4f}" for n, v in row.items()),
+                print(f"  {key}: " + ", ".join(f"{n} {v['iou_vs_wanda']:.3f}/{v['rel_err']:.4f}"
+                                               for n, v in row.items()),
                       flush=True)
 
     names = list(next(iter(res["layers"].values())))
     res["summary"] = {}
-    head = "| reading | " + " | ".join(f"p={sp:g} IoU vs Wanda | p={sp:g} rel. error (geo-mean)" for sp in sps) + " |"
+    head = "| reading | " + " | ".join(f"p={sp:g} IoU vs Wanda | p={sp:g} rel. error (geo-mean)"
+                                       for sp in sps) + " |"
     lines = [head, "|---" * (1 + 2 * len(sps)) + "|"]
     for n in names:
         cells = []
@@ -145,12 +156,14 @@ def main():
             rows = [v[n] for k, v in res["layers"].items() if k.endswith(f"p={sp:g}")]
             iou = sum(r["iou_vs_wanda"] for r in rows) / len(rows)
             gm = math.exp(sum(math.log(r["rel_err"]) for r in rows) / len(rows))
-            res["summary"][f"{n} p={sp:g}"] = {"mean_iou_vs_wanda": iou, "geomean_rel_err": gm, "layers": len(rows)}
+            res["summary"][f"{n} p={sp:g}"] = {"mean_iou_vs_wanda": iou, "geomean_rel_err": gm,
+                                               "layers": len(rows)}
             cells += [f"{iou:.4f}", f"{gm:.5f}"]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     res["seconds"] = time.time() - t_start
-    print(f"\nblocks {a.blocks} × 7 projections, one-shot on U = W; IoU of pruned positions vs Wanda on U (mean); "
-          f"relative output error with the non-linearity on {res['heldout']} (geometric mean); {res['seconds']:.0f}s")
+    print(f"\nblocks {a.blocks} × 7 projections, one-shot on U = W; IoU of pruned positions vs "
+          f"Wanda on U (mean); relative output error with the non-linearity on {res['heldout']} "
+          f"(geometric mean); {res['seconds']:.0f}s")
     print("\n".join(lines))
     if a.json:  # a record: what ran, at which commit
         res["command"] = "python bench/foresight_probe.py " + " ".join(sys.argv[1:])

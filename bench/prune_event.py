@@ -1,19 +1,22 @@
 """
-What one prune event costs, and how well each pruning criterion keeps a layer's output (docs/paper.md §3-6),
+What one prune event costs, and how well each pruning criterion keeps a layer's output \
+(docs/paper.md §3-6),
 on the default model (SmolLM2-135M-Instruct) and real domain text. Not a test: a measurement.
 
 Part 1 — one prune event (xpert.prune_event, ForeSight + PBS) on the model with fresh LoRA adapters:
   its time split into capture / scoring / PBS / fold, and its peak memory (process RSS sampled every
   5 ms during the event, minus the RSS before it).
-Part 2 — layer reconstruction error, one-shot on the base weights (no LoRA, no EMA): for a few blocks and
-  every projection, the relative output error ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² of magnitude, Wanda, ForeSight
-  (groups out / in / layer), ForeSight-out + PBS output (r = 8, random A: the fold of a fresh adapter) and
-  SparseGPT. Masks (and SparseGPT's / PBS's updates) come from the calibration windows; the error is
-  measured on *held-out* windows of the test split, so a criterion that overfits calibration shows.
-  Beside it, the consumer-weighted error Σ_j e_j ‖ΔW_j Xᵀ‖² / Σ_j e_j ‖W_j Xᵀ‖² — the quantity ForeSight's
-  score approximates (docs/paper.md §4.1): how much of the change the *next* layer actually reads.
+Part 2 — layer reconstruction error, one-shot on the base weights (no LoRA, no EMA): for a few
+  blocks and every projection, the relative output error ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖² of magnitude, Wanda,
+  ForeSight (groups out / in / layer), ForeSight-out + PBS output (r = 8, random A: the fold of a
+  fresh adapter) and SparseGPT. Masks (and SparseGPT's / PBS's updates) come from the calibration
+  windows; the error is measured on *held-out* windows of the test split, so a criterion that
+  overfits calibration shows.
+  Beside it, the consumer-weighted error Σ_j e_j ‖ΔW_j Xᵀ‖² / Σ_j e_j ‖W_j Xᵀ‖² — the quantity
+  ForeSight's score approximates (docs/paper.md §4.1): how much of the change the *next* layer
+  actually reads.
 
-    python bench_prune.py                                   # legal text, 16×256 calibration, blocks 2,14,27
+    python bench_prune.py                      # legal text, 16×256 calibration, blocks 2,14,27
     python bench_prune.py --domain health --blocks 0,29 --sparsities 0.5 --json out.json
 """
 import os
@@ -36,8 +39,9 @@ from model import LLaMA, PROJECTIONS, Tokenizer
 
 
 class PeakRSS:
-    """Samples this process's resident set size in a thread: peak (and base) in MB over a with-block.
-    Torch's CPU allocator is invisible to tracemalloc, so RSS is what the event really costs the machine."""
+    """Samples this process's resident set size in a thread: peak (and base) in MB over a
+    with-block. Torch's CPU allocator is invisible to tracemalloc, so RSS is what the event really
+    costs the machine."""
 
     def __init__(self, every=0.005):
         self.every, self.peak, self.base, self._stop = every, 0.0, 0.0, threading.Event()
@@ -107,7 +111,8 @@ def criteria(W, st, e, sparsity, rank, seed):
         out[f"foresight-{g}"] = sel(fs, g)
     keep = xpert.select_mask(fs, sparsity, "out")
     A = torch.empty(rank, W.shape[1])
-    torch.nn.init.kaiming_uniform_(A, a=5 ** 0.5, generator=torch.Generator().manual_seed(seed))  # LoRA's A init
+    # LoRA's A init
+    torch.nn.init.kaiming_uniform_(A, a=5 ** 0.5, generator=torch.Generator().manual_seed(seed))
     s = 2.0  # α/r = 16/8, the default adapter scale
     dB = xpert.pbs_output(W * ~keep, A, keep, st.gram, s)  # §5.1, first event: D = R = W ⊙ (1 − M)
     out[f"foresight-out+pbs(r={rank})"] = (W + s * dB @ A) * keep
@@ -122,7 +127,8 @@ def main():
     p.add_argument("--domain", default="legal", choices=list(data.DOMAINS))
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--calib-samples", type=int, default=16)
-    p.add_argument("--heldout", type=int, default=8, help="test-split windows the error is measured on")
+    p.add_argument("--heldout", type=int, default=8,
+                   help="test-split windows the error is measured on")
     p.add_argument("--blocks", default="2,14,27", help="blocks for the reconstruction errors")
     p.add_argument("--sparsities", default="0.4,0.5")
     p.add_argument("--rank", type=int, default=8)
@@ -143,8 +149,9 @@ def main():
     res = {"model": model.source_dir, "domain": a.domain, "torch_threads": torch.get_num_threads(),
            "calibration": f"{len(calib)}×{a.seq_len} tokens of the {a.domain} calib split",
            "heldout": f"{len(held)}×{a.seq_len} tokens of the {a.domain} test split"}
-    print(f"{os.path.basename(model.source_dir)}: {cfg.num_hidden_layers} blocks, d={cfg.hidden_size}; "
-          f"calibration {res['calibration']}; error on {res['heldout']}; {torch.get_num_threads()} threads")
+    print(f"{os.path.basename(model.source_dir)}: {cfg.num_hidden_layers} blocks, "
+          f"d={cfg.hidden_size}; calibration {res['calibration']}; error on {res['heldout']}; "
+          f"{torch.get_num_threads()} threads")
 
     if not a.skip_event:
         sp = float(a.sparsities.split(",")[0])
@@ -153,10 +160,13 @@ def main():
             with phase_timer() as t:  # timed from outside: xpert.py carries no timing code
                 xpert.prune_event(model, calib, xpert.PruneConfig(sp))
         res["event"] = {"sparsity": sp, "pbs": "output", "rank": a.rank, "timings_s": t,
-                        "rss_before_mb": mem.base, "rss_peak_mb": mem.peak, "rss_increase_mb": mem.peak - mem.base}
+                        "rss_before_mb": mem.base, "rss_peak_mb": mem.peak,
+                        "rss_increase_mb": mem.peak - mem.base}
         print(f"\none prune event (ForeSight group out + PBS output, r={a.rank}, p={sp:g}, "
-              f"{len(calib)}×{a.seq_len} calibration): " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
-        print(f"  peak RSS during the event {mem.peak:.0f} MB = {mem.base:.0f} MB before + {mem.peak - mem.base:.0f} MB")
+              f"{len(calib)}×{a.seq_len} calibration): "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+        print(f"  peak RSS during the event {mem.peak:.0f} MB = {mem.base:.0f} MB before + "
+              f"{mem.peak - mem.base:.0f} MB")
         model = LLaMA.from_pretrained(a.model)  # part 2 is on the untouched base weights
         for prm in model.parameters():
             prm.requires_grad_(False)
@@ -168,16 +178,19 @@ def main():
         xh, _, _ = block_inputs(model, held, b)
         st_c, st_h = block_stats(layers[b], xc, cos, sin), block_stats(layers[b], xh, cos, sin)
         nxt = layers[b + 1] if b + 1 < len(layers) else (model.model.norm, model.lm_head)
-        e_all = xpert.consumer_energy(layers[b], nxt, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        e_all = xpert.consumer_energy(layers[b], nxt, cfg.num_attention_heads,
+                                      cfg.num_key_value_heads, cfg.head_dim)
         for sp in (float(x) for x in a.sparsities.split(",")):
             for proj in PROJECTIONS:
                 W = layers[b].get_submodule(proj).weight.float()  # (m, n)
                 cands = criteria(W, st_c[proj], e_all[proj], sp, a.rank, a.seed)
                 key = f"block {b} {proj.split('.')[-1]} p={sp:g}"
-                res["errors"][key] = {name: {"layer": rel_err(W, Wh, st_h[proj].gram),
-                                             "consumer": rel_err(W, Wh, st_h[proj].gram, e_all[proj])}
-                                      for name, Wh in cands.items()}
-                print(f"  {key}: " + ", ".join(f"{n} {v['layer']:.4f}" for n, v in res["errors"][key].items()), flush=True)
+                res["errors"][key] = {
+                    name: {"layer": rel_err(W, Wh, st_h[proj].gram),
+                           "consumer": rel_err(W, Wh, st_h[proj].gram, e_all[proj])}
+                    for name, Wh in cands.items()}
+                print(f"  {key}: " + ", ".join(f"{n} {v['layer']:.4f}"
+                                               for n, v in res["errors"][key].items()), flush=True)
 
     # summary: geometric mean over the measured layers of each criterion's error, per sparsity
     names = list(next(iter(res["errors"].values())))
@@ -186,12 +199,14 @@ def main():
     for sp in (float(x) for x in a.sparsities.split(",")):
         for kind in ("layer", "consumer"):
             rows = [v for k, v in res["errors"].items() if k.endswith(f"p={sp:g}")]
-            gm = {n: torch.tensor([r[n][kind] for r in rows]).log().mean().exp().item() for n in names}
+            gm = {n: torch.tensor([r[n][kind] for r in rows]).log().mean().exp().item()
+                  for n in names}
             summary[f"p={sp:g} {kind}"] = gm
             lines.append(f"| {sp:g} ({kind}) | " + " | ".join(f"{gm[n]:.4f}" for n in names) + " |")
     res["summary_geomean"] = summary
-    print(f"\nrelative output error on held-out tokens, geometric mean over blocks {a.blocks} × 7 projections "
-          f"(layer = ‖ΔW Xᵀ‖²/‖W Xᵀ‖²; consumer = the same weighted by the consumer energy e_j):")
+    print(f"\nrelative output error on held-out tokens, geometric mean over blocks {a.blocks} × 7 "
+          "projections (layer = ‖ΔW Xᵀ‖²/‖W Xᵀ‖²; consumer = the same weighted by the consumer "
+          "energy e_j):")
     print("\n".join(lines))
     if a.json:
         with open(a.json, "w") as f:

@@ -179,7 +179,8 @@ def step_table(rec):
     return "\n".join(lines) + (
         f"\n\nmasked / plain = **{rec['masked_over_plain']:.2f}×**, masked / plain at dropout 0 = "
         f"{rec['masked_over_plain_d0']:.2f}× (`{rec['command']}` at {rec['commit']}, torch "
-        f"{rec['torch']}, {rec['threads']} thread(s), load {rec['load_average_before']:.1f} before).")
+        f"{rec['torch']}, {rec['threads']} thread(s), load {rec['load_average_before']:.1f} "
+        "before).")
 
 
 def audit_table(rec):
@@ -198,7 +199,8 @@ def audit_table(rec):
 
 
 def lm_eval_table(recs):
-    """lm-eval against eval.py on the same folders, tokens and questions (results/lm-eval-*.json)."""
+    """lm-eval against eval.py on the same folders, tokens and questions
+    (results/lm-eval-*.json)."""
     lines = ["| folder | metric | lm-eval | eval.py | relative difference | context |",
              "|---" * 6 + "|"]
     for rec in recs:

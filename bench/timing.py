@@ -1,5 +1,5 @@
-"""Time the method from outside: the functions in xpert.py carry no timing code, so a benchmark wraps
-the module's own functions while a call runs and adds up where the time went.
+"""Time the method from outside: the functions in xpert.py carry no timing code, so a benchmark
+wraps the module's own functions while a call runs and adds up where the time went.
 
     with phase_timer() as t:
         xpert.prune_event(model, calib, 0.4)
@@ -41,7 +41,8 @@ def phase_timer():
                 t[phase] += now() - t0
         return wrapper
 
-    def timed_gen(fn):  # a generator: only the time spent inside it (its own forwards) counts as capture
+    # a generator: only the time spent inside it (its own forwards) counts as capture
+    def timed_gen(fn):
         @functools.wraps(fn)
         def wrapper(*a, **k):
             it = fn(*a, **k)

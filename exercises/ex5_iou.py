@@ -1,15 +1,16 @@
-"""Exercise 5 — domain vs general calibration: how different are the masks? (docs/paper.md §7, the paper's
-"masks shift with the domain" analysis; eval.py --mask-overlap; xpert.sequential_blocks)
+"""Exercise 5 — domain vs general calibration: how different are the masks? (docs/paper.md §7, the
+paper's "masks shift with the domain" analysis; eval.py --mask-overlap; xpert.sequential_blocks)
 
 Implement:
 
   pruned_iou(keep_a, keep_b) -> float
-      keep_a, keep_b: bool tensors of the same shape, True = kept. The overlap of the PRUNED positions
-      P = ~keep: |P_a ∩ P_b| / |P_a ∪ P_b| (as eval.py --mask-overlap reports it). If neither mask
-      prunes anything, return 1.0 (the masks are identical).
+      keep_a, keep_b: bool tensors of the same shape, True = kept. The overlap of the PRUNED
+      positions P = ~keep: |P_a ∩ P_b| / |P_a ∪ P_b| (as eval.py --mask-overlap reports it). If
+      neither mask prunes anything, return 1.0 (the masks are identical).
 
   chance_iou(p) -> float
-      The IoU two INDEPENDENT, uniformly random masks with a fraction p pruned have on a large matrix.
+      The IoU two INDEPENDENT, uniformly random masks with a fraction p pruned have on a large
+      matrix.
       Derive it: without it "an IoU of 0.6" means nothing. The grader holds it to 1e-7 of the exact
       value, so it must be a formula in p, not a simulation.
 

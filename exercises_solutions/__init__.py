@@ -1,1 +1,2 @@
-"""Reference solutions of the exercises (same signatures as the student files). Peek only after trying."""
+"""Reference solutions of the exercises (same signatures as the student files). Peek only after
+trying."""

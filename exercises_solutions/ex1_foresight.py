@@ -3,8 +3,8 @@ import torch
 
 
 def foresight_bruteforce(X, U, consumer):
-    """D[j, c] = ‖Z − Z^(j,c)‖²_F with Z = consumer(X Uᵀ) and Z^(j,c) the same with U[j, c] set to 0.
-    The consumer is a black box: it is called once per weight, on the changed layer output."""
+    """D[j, c] = ‖Z − Z^(j,c)‖²_F with Z = consumer(X Uᵀ) and Z^(j,c) the same with U[j, c] set to
+    0. The consumer is a black box: it is called once per weight, on the changed layer output."""
     Z = consumer(X @ U.T)
     D = torch.zeros_like(U)
     for j in range(U.shape[0]):

@@ -9,7 +9,8 @@ def _n_pruned(size, p):
 
 
 def group_mask(scores, sparsity, group):
-    """Keep-mask pruning the floor(p·size) lowest scores of every group ('out' rows, 'in' columns, 'layer')."""
+    """Keep-mask pruning the floor(p·size) lowest scores of every group ('out' rows, 'in' columns,
+    'layer')."""
     m, n = scores.shape
     keep = torch.ones(m, n, dtype=torch.bool)
     if group == "out":
@@ -25,7 +26,7 @@ def group_mask(scores, sparsity, group):
 
 
 def groups_where_e_is_inert():
-    """Inside an output row j, e_j multiplies every score by the same positive number: the order inside
-    the row, hence the mask, cannot change. In a column or the whole matrix, different rows meet and
-    e_j reorders them."""
+    """Inside an output row j, e_j multiplies every score by the same positive number: the order
+    inside the row, hence the mask, cannot change. In a column or the whole matrix, different rows
+    meet and e_j reorders them."""
     return {"out"}

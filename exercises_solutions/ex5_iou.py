@@ -2,7 +2,8 @@
 
 
 def pruned_iou(keep_a, keep_b):
-    """|P_a ∩ P_b| / |P_a ∪ P_b| with P = ~keep (the pruned positions); 1.0 when nothing is pruned."""
+    """|P_a ∩ P_b| / |P_a ∪ P_b| with P = ~keep (the pruned positions); 1.0 when nothing is
+    pruned."""
     pa, pb = ~keep_a, ~keep_b
     union = (pa | pb).sum().item()
     return 1.0 if union == 0 else (pa & pb).sum().item() / union

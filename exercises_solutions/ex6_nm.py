@@ -3,7 +3,8 @@ import torch
 
 
 def nm_mask(scores, N, M):
-    """In every run of M consecutive inputs of a row (columns k·M … k·M+M−1), prune the N lowest scores."""
+    """In every run of M consecutive inputs of a row (columns k·M … k·M+M−1), prune the N lowest
+    scores."""
     m, n = scores.shape
     if n % M:
         raise ValueError(f"N:M needs the input size {n} to be a multiple of M={M}")

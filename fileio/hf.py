@@ -18,15 +18,16 @@ class ModelError(Exception):
 # LLaMA maths; what differs (a Mistral's window refused, Qwen's biases / q,k norms) is in model.py
 LLAMA_COMPATIBLE = ("llama", "mistral", "qwen2", "qwen3")
 QWEN = ("qwen2", "qwen3")  # their sliding-window layers are refused (check_qwen_layers)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "generation_config.json")
 
 
 # -----------------------------------------------------------------------------
 # config.json: what a hand-written LLaMA can honestly load, refused in one line otherwise
 
 def read_config_dict(path) -> dict:
-    """config.json of a LLaMA-compatible folder, normalised (rope_parameters -> rope_theta/rope_scaling)."""
+    """config.json of a LLaMA-compatible folder, normalised (rope_parameters ->
+    rope_theta/rope_scaling)."""
     if not os.path.isdir(path):
         raise ModelError(f"model folder not found: {path}")
     cf = os.path.join(path, "config.json")
@@ -47,24 +48,29 @@ def read_config_dict(path) -> dict:
 def check_config(d, where="config.json") -> dict:
     mt = d.get("model_type")
     if mt not in LLAMA_COMPATIBLE:
-        raise ModelError(f"{where}: model_type {mt!r} is not LLaMA-compatible (supported: {', '.join(LLAMA_COMPATIBLE)})")
+        raise ModelError(f"{where}: model_type {mt!r} is not LLaMA-compatible (supported: "
+                         f"{', '.join(LLAMA_COMPATIBLE)})")
     if (d.get("attention_bias") and mt != "qwen2") or d.get("mlp_bias"):  # Qwen2 ignores the key
         raise ModelError(f"{where}: attention_bias/mlp_bias are not supported "
                          "(the only biases supported are Qwen2's on q/k/v)")
     if d.get("hidden_act", "silu") != "silu":
-        raise ModelError(f"{where}: hidden_act {d['hidden_act']!r} is not supported (LLaMA uses silu)")
+        raise ModelError(f"{where}: hidden_act {d['hidden_act']!r} is not supported (LLaMA uses "
+                         "silu)")
     d = dict(d)
-    rp = d.pop("rope_parameters", None)  # transformers >= 5 writes rope_theta and the scaling dict together
+    # transformers >= 5 writes rope_theta and the scaling dict together
+    rp = d.pop("rope_parameters", None)
     if isinstance(rp, dict):
         d.setdefault("rope_theta", rp.get("rope_theta", 10000.0))
         if rp.get("rope_type", rp.get("type", "default")) != "default":
             d.setdefault("rope_scaling", rp)
     for k in ("rope_theta", "rms_norm_eps"):
-        if k in d and (not isinstance(d[k], (int, float)) or isinstance(d[k], bool) or not math.isfinite(d[k]) or d[k] <= 0):
+        if k in d and (not isinstance(d[k], (int, float)) or isinstance(d[k], bool)
+                       or not math.isfinite(d[k]) or d[k] <= 0):
             raise ModelError(f"{where}: {k} must be a positive number, got {d[k]!r}")
-    for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "head_dim", "max_position_embeddings"):
-        if d.get(k) is not None and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1):
+    for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        if d.get(k) is not None and (not isinstance(d[k], int) or isinstance(d[k], bool)
+                                     or d[k] < 1):
             raise ModelError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
     if mt in QWEN:
         check_qwen_layers(d, where)
@@ -77,15 +83,20 @@ def check_config(d, where="config.json") -> dict:
     kind = None if rs is None else rs.get("rope_type", rs.get("type"))
     if rs is not None and kind not in ("llama3", "linear", "default"):
         raise ModelError(f"{where}: rope_scaling type {kind!r} is not supported (llama3, linear)")
-    need = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    need = {"llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                       "original_max_position_embeddings"),
             "linear": ("factor",)}.get(kind, ())
     if any(k not in rs for k in need):
-        raise ModelError(f"{where}: rope_scaling of type {kind} needs {', '.join(k for k in need if k not in rs)}")
+        raise ModelError(f"{where}: rope_scaling of type {kind} needs "
+                         f"{', '.join(k for k in need if k not in rs)}")
     check_config_types(d, rs, need, where)
-    sw = d.get("sliding_window")  # mistral: attention limited to a window, which this model does not do
-    if sw is not None and d.get("use_sliding_window", True) and sw < d.get("max_position_embeddings", 2048):
-        raise ModelError(f"{where}: sliding_window {sw} < max_position_embeddings {d.get('max_position_embeddings')} "
-                         "is not supported (this LLaMA attends to the whole context)")
+    # mistral: attention limited to a window, which this model does not do
+    sw = d.get("sliding_window")
+    if (sw is not None and d.get("use_sliding_window", True)
+            and sw < d.get("max_position_embeddings", 2048)):
+        raise ModelError(f"{where}: sliding_window {sw} < max_position_embeddings "
+                         f"{d.get('max_position_embeddings')} is not supported (this LLaMA attends "
+                         "to the whole context)")
     return d
 
 
@@ -137,13 +148,15 @@ def check_config_types(d, rs, need, where):
 # safetensors: 8-byte little-endian header length, JSON header, raw little-endian bytes
 
 ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-ST_ORDER = ("F32", "BF16", "F16")  # the safetensors package writes wider dtypes first (then by name): so do we
+# the safetensors package writes wider dtypes first (then by name): so do we
+ST_ORDER = ("F32", "BF16", "F16")
 
 
 def read_safetensors(file) -> dict:
     try:
         with open(file, "rb") as f:
-            buf = torch.empty(os.fstat(f.fileno()).st_size, dtype=torch.uint8)  # (bytes,) no zero-fill
+            # (bytes,) no zero-fill
+            buf = torch.empty(os.fstat(f.fileno()).st_size, dtype=torch.uint8)
             f.readinto(buf.numpy())  # one read into one buffer: the tensors below are views of it
     except OSError as e:
         raise ModelError(f"{file}: cannot read ({e.strerror})")
@@ -159,18 +172,22 @@ def read_safetensors(file) -> dict:
         if name == "__metadata__":
             continue
         if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES:
-            raise ModelError(f"{file}: tensor {name} has dtype {info.get('dtype') if isinstance(info, dict) else None} "
-                             "(supported: F32, F16, BF16)")
+            raise ModelError(f"{file}: tensor {name} has dtype "
+                             f"{info.get('dtype') if isinstance(info, dict) else None} (supported: "
+                             "F32, F16, BF16)")
         dt, shape, offs = ST_DTYPES[info["dtype"]], info.get("shape"), info.get("data_offsets")
         ints = lambda v, k: isinstance(v, list) and len(v) == (k or len(v)) and all(  # noqa: E731
             isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
         if not ints(shape, None) or not ints(offs, 2) or offs[0] > offs[1]:
-            raise ModelError(f"{file}: tensor {name}: shape and data_offsets must be non-negative integers")
+            raise ModelError(f"{file}: tensor {name}: shape and data_offsets must be non-negative "
+                             "integers")
         a, b = offs
         if b - a != math.prod(shape) * dt.itemsize or base + b > len(buf):
-            raise ModelError(f"{file}: tensor {name}: data does not fit its shape or the file (truncated?)")
+            raise ModelError(f"{file}: tensor {name}: data does not fit its shape or the file "
+                             "(truncated?)")
         raw = buf[base + a:base + b]  # (nbytes,) uint8 view
-        if (base + a) % dt.itemsize:  # an unaligned tensor (legal, though no writer we know makes one): copy it
+        # an unaligned tensor (legal, though no writer we know makes one): copy it
+        if (base + a) % dt.itemsize:
             raw = raw.clone()
         out[name] = raw.view(dt).view(shape)
     return out
@@ -180,13 +197,15 @@ def write_safetensors(file, tensors: dict):
     names = {v: k for k, v in ST_DTYPES.items()}
     bad = [k for k, t in tensors.items() if t.dtype not in names]
     if bad:
-        raise ModelError(f"{file}: cannot write {bad[0]} as safetensors: dtype {tensors[bad[0]].dtype} (supported: F32, F16, BF16)")
+        raise ModelError(f"{file}: cannot write {bad[0]} as safetensors: dtype "
+                         f"{tensors[bad[0]].dtype} (supported: F32, F16, BF16)")
     order = sorted(tensors, key=lambda k: (ST_ORDER.index(names[tensors[k].dtype]), k))
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for k in order:
         t = tensors[k]
         nbytes = t.numel() * t.element_size()
-        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                     "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)  # pad so the data starts 8-byte aligned, as the format recommends
@@ -209,15 +228,18 @@ def read_bin(file) -> dict:
 
 
 def load_state_dict(path) -> dict:
-    """All tensors of a folder: model.safetensors, sharded safetensors, or (sharded) pytorch_model.bin."""
-    for index, single, reader in (("model.safetensors.index.json", "model.safetensors", read_safetensors),
+    """All tensors of a folder: model.safetensors, sharded safetensors, or (sharded)
+    pytorch_model.bin."""
+    for index, single, reader in (("model.safetensors.index.json", "model.safetensors",
+                                   read_safetensors),
                                   ("pytorch_model.bin.index.json", "pytorch_model.bin", read_bin)):
         if os.path.exists(os.path.join(path, index)):
             try:
                 with open(os.path.join(path, index), encoding="utf-8") as f:
                     files = sorted(set(json.load(f)["weight_map"].values()))
             except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-                raise ModelError(f"{os.path.join(path, index)}: not an index with a weight_map ({type(e).__name__})")
+                raise ModelError(f"{os.path.join(path, index)}: not an index with a weight_map "
+                                 f"({type(e).__name__})")
             sd = {}
             for name in files:
                 if not isinstance(name, str) or not os.path.exists(os.path.join(path, name)):
@@ -226,38 +248,45 @@ def load_state_dict(path) -> dict:
             return sd
         if os.path.exists(os.path.join(path, single)):
             return reader(os.path.join(path, single))
-    raise ModelError(f"{path}: no weights file (model.safetensors, model.safetensors.index.json or pytorch_model.bin)")
+    raise ModelError(f"{path}: no weights file (model.safetensors, model.safetensors.index.json or "
+                     "pytorch_model.bin)")
 
 
 def check_state_dict(sd, expected, path):
-    """ModelError unless sd has exactly the keys of expected ({key: shape}), each of that shape and finite."""
-    bad = sorted(set(expected) ^ set(sd)) + [k for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    """ModelError unless sd has exactly the keys of expected ({key: shape}), each of that shape and
+    finite."""
+    bad = sorted(set(expected) ^ set(sd)) + [k for k in expected if k in sd
+                                             and tuple(sd[k].shape) != expected[k]]
     if bad:
         k = bad[0]
         what = "missing" if k not in sd else "unexpected" if k not in expected else \
             f"{tuple(sd[k].shape)} (expected {expected[k]})"
-        raise ModelError(f"{path}: checkpoint does not match config.json: {k} {what} ({len(bad)} problem(s))")
+        raise ModelError(f"{path}: checkpoint does not match config.json: {k} {what} ({len(bad)} "
+                         "problem(s))")
     bad = next((k for k in expected if not torch.isfinite(sd[k]).all()), None)
     if bad:
-        raise ModelError(f"{path}: the weights are not finite (NaN or inf in {bad}): a damaged checkpoint?")
+        raise ModelError(f"{path}: the weights are not finite (NaN or inf in {bad}): a damaged "
+                         "checkpoint?")
 
 
 # -----------------------------------------------------------------------------
-# atomic folders: written under a hidden temporary name beside the target, renamed into place when complete
+# atomic folders: written under a hidden temporary name beside the target, renamed into place when
+# complete
 
 def new_temp_dir(path):
     """An empty hidden folder beside `path` (same filesystem, so the final rename is atomic)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); a model folder should be readable like any other
+    # mkdtemp makes it private (0700); a model folder should be readable like any other
+    os.chmod(tmp, 0o755)
     return tmp
 
 
 def publish_dir(tmp, path, replace=True):
-    """Rename the finished folder `tmp` to `path`. An existing `path` is moved aside first and deleted after,
-    so `path` is always either the old complete folder or the new one. replace=False keeps an existing
-    `path` (someone else finished first) and drops `tmp`."""
+    """Rename the finished folder `tmp` to `path`. An existing `path` is moved aside first and
+    deleted after, so `path` is always either the old complete folder or the new one. replace=False
+    keeps an existing `path` (someone else finished first) and drops `tmp`."""
     if os.path.exists(path):
         if not replace:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -269,7 +298,8 @@ def publish_dir(tmp, path, replace=True):
     else:
         try:
             os.replace(tmp, path)
-        except OSError:  # lost a race: another process published `path` between our check and our rename
+        # lost a race: another process published `path` between our check and our rename
+        except OSError:
             if not os.path.isdir(path):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)

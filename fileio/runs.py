@@ -1,10 +1,13 @@
-"""Run folders of train.py: option checks, the log, checkpoints that write only what changed, a lock,
-and the publish that renames out/<run>.partial to out/<run> only when everything is in it.
+"""Run folders of train.py: option checks, the log, checkpoints that write only what changed, a
+lock, and the publish that renames out/<run>.partial to out/<run> only when everything is in it.
 
-Layout while a run is live:  out/<run>.partial/{train.log, ckpt.pt, event-<k>.pt}  and  out/.<run>.lock
+Layout while a run is live:
+  out/<run>.partial/{train.log, ckpt.pt, event-<k>.pt}  and  out/.<run>.lock
   ckpt.pt       adapters, optimizer, RNG, step, losses (small: written every --ckpt-every steps)
-  event-<k>.pt  what prune event k changed: the folded base weights, masks and EMA scores (once per event)
-After the final save: out/<run>/{config.json, model.safetensors, tokenizer files, run.json, train.log}."""
+  event-<k>.pt  what prune event k changed: the folded base weights, masks and EMA scores (once
+                per event)
+After the final save: out/<run>/{config.json, model.safetensors, tokenizer files, run.json,
+train.log}."""
 import errno
 import fcntl
 import hashlib
@@ -90,13 +93,17 @@ def check_options(args, domains):
         raise UsageError(f"--seq-len must be at least 2, got {args.seq_len}")
     if not 0 <= args.seed < 2**64:  # what both numpy's and torch's generators accept
         raise UsageError(f"--seed must be in [0, 2**64), got {args.seed}")
-    checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"), ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
-              ("lr", 0 < args.lr < math.inf, "positive"), ("alpha", 0 < args.alpha < math.inf, "positive"),
-              ("max_docs", args.max_docs is None or args.max_docs >= 4, "at least 4 (one document per split)"),
+    checks = [("dropout", 0 <= args.dropout < 1, "in [0, 1)"),
+              ("warmup", 0 <= args.warmup < 1, "in [0, 1)"),
+              ("lr", 0 < args.lr < math.inf, "positive"),
+              ("alpha", 0 < args.alpha < math.inf, "positive"),
+              ("max_docs", args.max_docs is None or args.max_docs >= 4,
+               "at least 4 (one document per split)"),
               ("max_chars", args.max_chars is None or args.max_chars >= 1, "at least 1")]
     for name, ok, what in checks:  # comparisons with nan are False: a nan option fails here too
         if not ok:
-            raise UsageError(f"--{name.replace('_', '-')} must be {what}, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be {what}, got "
+                             f"{getattr(args, name)}")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such folder (the benchmark assets)")
     check_assets_env(UsageError)
@@ -106,10 +113,12 @@ def check_options(args, domains):
         raise UsageError(f"--device/--dtype: {e}")
     args.data_dir = args.data_dir or paths.assets_dir()
     if args.data is not None:
-        args.data = os.path.abspath(args.data)  # run.json must point at it from anywhere (eval.py reads it)
+        # run.json must point at it from anywhere (eval.py reads it)
+        args.data = os.path.abspath(args.data)
     if args.out is None:
         tag = args.domain or os.path.splitext(os.path.basename(args.data.rstrip("/")))[0]
-        sp = f"-nm{args.nm[0]}{args.nm[1]}" if args.nm else ("" if args.method == "lora" else f"-s{args.sparsity:g}")
+        sp = f"-nm{args.nm[0]}{args.nm[1]}" if args.nm else ("" if args.method == "lora"
+                                                             else f"-s{args.sparsity:g}")
         args.out = os.path.join("out", f"{tag}-{args.method}{sp}")
     if not args.out.strip():
         raise UsageError("--out is empty: give the run's folder, e.g. --out out/my-run")
@@ -232,25 +241,29 @@ def write_json(path, obj):
 
 
 def eta_minutes(args, fwd_tok_s, n_events, n_calib, method):
-    """A rough ETA of training from the measured forward speed: a step costs ~3 forwards of its tokens (~6 once
-    masked LoRA forms its m×n adapter product), a prune event ~3 forwards of the calibration set (capture,
-    scores, PBS). The final evaluation costs what the base's did (the caller adds it)."""
+    """A rough ETA of training from the measured forward speed: a step costs ~3 forwards of its
+    tokens (~6 once masked LoRA forms its m×n adapter product), a prune event ~3 forwards of the
+    calibration set (capture, scores, PBS). The final evaluation costs what the base's did (the
+    caller adds it)."""
     tok = args.batch_size * args.seq_len
     frac_masked = 1.0 if method.prune_first else (1 - min(args.events) if method.events else 0.0)
     train = args.steps * tok * (3 + 3 * frac_masked)
-    events = n_events * 3 * n_calib * args.seq_len + (2 * n_calib * args.seq_len if method.prune_after else 0)
+    events = n_events * 3 * n_calib * args.seq_len + (2 * n_calib * args.seq_len
+                                                      if method.prune_after else 0)
     return (train + events) / fwd_tok_s / 60
 
 
 def check_fits(model, tok, args):
     """What would only fail after training (or silently mislead): checked before the first step."""
     if tok.vocab_size > model.config.vocab_size:
-        raise ModelError(f"{model.source_dir}: the tokenizer has {tok.vocab_size} tokens, the embedding only "
-                         f"{model.config.vocab_size}")
-    if args.nm and any(blk.get_submodule(p).weight.shape[1] % args.nm[1] for blk in model.model.layers for p in PROJECTIONS):
-        dims = sorted({blk.get_submodule(p).weight.shape[1] for blk in model.model.layers for p in PROJECTIONS})
-        raise UsageError(f"--nm {args.nm[0]}:{args.nm[1]}: every adapted matrix's input size must be a multiple of "
-                         f"{args.nm[1]}; this model has {dims}")
+        raise ModelError(f"{model.source_dir}: the tokenizer has {tok.vocab_size} tokens, the "
+                         f"embedding only {model.config.vocab_size}")
+    if args.nm and any(blk.get_submodule(p).weight.shape[1] % args.nm[1]
+                       for blk in model.model.layers for p in PROJECTIONS):
+        dims = sorted({blk.get_submodule(p).weight.shape[1] for blk in model.model.layers
+                       for p in PROJECTIONS})
+        raise UsageError(f"--nm {args.nm[0]}:{args.nm[1]}: every adapted matrix's input size must "
+                         f"be a multiple of {args.nm[1]}; this model has {dims}")
 
 
 def diverged(loss, step, work, dtype):
@@ -258,21 +271,24 @@ def diverged(loss, step, work, dtype):
     kept = os.path.join(work, "ckpt.pt")
     where = f"the last good checkpoint is kept in {kept} (--resume accepts a lower --lr)" \
         if os.path.exists(kept) else "no checkpoint was written yet"
-    return DataError(f"loss became {loss} at step {step}; stopped, {where}; "
-                     f"{'fp16 overflows easily: try --dtype bfloat16 or float32' if dtype == torch.float16 else 'try a lower --lr'}")
+    hint = ("fp16 overflows easily: try --dtype bfloat16 or float32" if dtype == torch.float16
+            else "try a lower --lr")
+    return DataError(f"loss became {loss} at step {step}; stopped, {where}; {hint}")
 
 
 def warn_context(model, seq_len):
     if seq_len > model.config.max_position_embeddings:
-        print(f"warning: --seq-len {seq_len} is beyond the model's context ({model.config.max_position_embeddings} "
-              "positions): its numbers mean little there", file=sys.stderr)
+        print(f"warning: --seq-len {seq_len} is beyond the model's context "
+              f"({model.config.max_position_embeddings} positions): its numbers mean little "
+              "there", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------
 # checkpoints
 
 def rng_state():
-    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
 
 
 def _save(obj, path):
@@ -331,18 +347,20 @@ def model_files(folder):
 
 
 def save_checkpoint(work, model, opt, ema_state, extra, rng=None):
-    """ckpt.pt: adapters + optimizer + RNG + extra (step, events_done, ...). The base weights, masks and EMA
-    change only at prune events, so they go to event-<k>.pt once per event, not into every checkpoint."""
+    """ckpt.pt: adapters + optimizer + RNG + extra (step, events_done, ...). The base weights, masks
+    and EMA change only at prune events, so they go to event-<k>.pt once per event, not into every
+    checkpoint."""
     k = extra["events_done"]
     event_file = os.path.join(work, f"event-{k}.pt")
     if k and not os.path.exists(event_file):
         sd = model.state_dict()
         _save({"events_done": k, "state": ema_state,
                "tensors": {n: v for n, v in sd.items() if n.endswith(".mask") or
-                           (n.endswith(".weight") and n.replace(".weight", ".mask") in sd)}}, event_file)
+                           (n.endswith(".weight") and n.replace(".weight", ".mask") in sd)}},
+              event_file)
     cpu_rng, cuda_rng = rng or rng_state()
-    _save({"model": {n: v for n, v in model.state_dict().items() if "lora_" in n}, "opt": opt.state_dict(),
-           "rng": cpu_rng, "cuda_rng": cuda_rng,
+    _save({"model": {n: v for n, v in model.state_dict().items() if "lora_" in n},
+           "opt": opt.state_dict(), "rng": cpu_rng, "cuda_rng": cuda_rng,
            "model_files": model_files(getattr(model, "source_dir", None)), **extra},
           os.path.join(work, "ckpt.pt"))
     for f in os.listdir(work):  # older event files: the checkpoint now points at event k
@@ -351,15 +369,16 @@ def save_checkpoint(work, model, opt, ema_state, extra, rng=None):
 
 
 def load_checkpoint(work, model, device, args, corpus, log):
-    """The checkpoint and its event file loaded into model -> the checkpoint dict (with 'state'). A resumed
-    run must be the run that was interrupted, or its result means nothing: same options (the learning rate
-    may change, e.g. lower after a NaN) and the same corpus."""
+    """The checkpoint and its event file loaded into model -> the checkpoint dict (with 'state'). A
+    resumed run must be the run that was interrupted, or its result means nothing: same options (the
+    learning rate may change, e.g. lower after a NaN) and the same corpus."""
     path = os.path.join(work, "ckpt.pt")
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
         ev = {"state": None, "tensors": {}}
         if ck["events_done"]:
-            ev = torch.load(os.path.join(work, f"event-{ck['events_done']}.pt"), map_location=device, weights_only=False)
+            ev = torch.load(os.path.join(work, f"event-{ck['events_done']}.pt"),
+                            map_location=device, weights_only=False)
     except Exception as e:  # truncated, or not ours
         raise UsageError(f"--resume: cannot read the checkpoint in {work} ({type(e).__name__}); "
                          "start again with --overwrite")
@@ -367,9 +386,11 @@ def load_checkpoint(work, model, device, args, corpus, log):
     free = ("resume", "overwrite", "ckpt_every", "lr", "out")
     changed = sorted(k for k, v in ck["args"].items() if k not in free and args.get(k) != v)
     if changed:
-        raise UsageError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
+        raise UsageError("--resume with different options than the interrupted run: "
+                         f"{', '.join(changed)}")
     if ck["corpus"] != corpus:
-        raise UsageError("--resume: the corpus changed since the interrupted run (its splits would differ)")
+        raise UsageError("--resume: the corpus changed since the interrupted run (its splits would "
+                         "differ)")
     check_model_files(ck.get("model_files"), getattr(model, "source_dir", None))
     res = model.load_state_dict({**ck["model"], **ev["tensors"]}, strict=False)
     bad = [k for k in res.missing_keys if "lora_" in k] + list(res.unexpected_keys)
@@ -378,12 +399,15 @@ def load_checkpoint(work, model, device, args, corpus, log):
     torch.set_rng_state(ck["rng"])
     if ck["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"])
-    for f in os.listdir(work):  # an event file newer than the checkpoint is from the killed attempt: the resumed
-        if f.startswith("event-") and f != f"event-{ck['events_done']}.pt":  # run redoes that event (perhaps at
-            os.remove(os.path.join(work, f))  # another --lr), and save_checkpoint must not take the stale file for it
+    # an event file newer than the checkpoint is from the killed attempt: the resumed run redoes
+    # that event (perhaps at another --lr), and save_checkpoint must not take the stale file for it
+    for f in os.listdir(work):
+        if f.startswith("event-") and f != f"event-{ck['events_done']}.pt":
+            os.remove(os.path.join(work, f))
     log(f"resumed from {path} at step {ck['step']} ({ck['events_done']} prune events done)")
     if ck["args"]["lr"] != args["lr"]:
-        log(f"resume: learning rate changed from {ck['args']['lr']:g} to {args['lr']:g} (allowed: the rest must match)")
+        log(f"resume: learning rate changed from {ck['args']['lr']:g} to {args['lr']:g} (allowed: "
+            "the rest must match)")
     return dict(ck, state=ev["state"])
 
 
@@ -419,7 +443,8 @@ def interrupted(out):
 # the run folder: one live run per --out (a lock), published only when complete
 
 def resumable(out):
-    """Whether --resume can continue the run at out: its out.partial holds a checkpoint or the finished result."""
+    """Whether --resume can continue the run at out: its out.partial holds a checkpoint or the
+    finished result."""
     return any(os.path.exists(os.path.join(out + ".partial", f)) for f in ("ckpt.pt", "run.json"))
 
 
@@ -453,17 +478,20 @@ def not_ours(path, run):
 
 class RunFolder:
     """with RunFolder(out, resume, overwrite) as rf: ... work in rf.work; rf.publish() at the end.
-    Leaving with an error deletes a folder this run created unless it holds a checkpoint worth resuming."""
+    Leaving with an error deletes a folder this run created unless it holds a checkpoint worth
+    resuming."""
 
     def __init__(self, out, resume=False, overwrite=False):
         self.out, self.work, self.resume, self.overwrite = out, out + ".partial", resume, overwrite
-        self.lock_file = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.lock")
+        self.lock_file = os.path.join(os.path.dirname(os.path.abspath(out)),
+                                      f".{os.path.basename(out)}.lock")
         self.created, self.made_dirs, self.lock = False, [], None
 
     def __enter__(self):
         parent = os.path.dirname(os.path.abspath(self.out))
         d = parent
-        while not os.path.exists(d):  # the parents we create: removed again if we leave nothing in them
+        # the parents we create: removed again if we leave nothing in them
+        while not os.path.exists(d):
             self.made_dirs.append(d)
             d = os.path.dirname(d)
         try:
@@ -482,8 +510,8 @@ class RunFolder:
         return self
 
     def _lock(self):
-        """flock on out/.<run>.lock; after locking, the file must still be the one on disk (a run that finished
-        in between removed it), else try again."""
+        """flock on out/.<run>.lock; after locking, the file must still be the one on disk (a run
+        that finished in between removed it), else try again."""
         while True:
             self.lock = open(self.lock_file, "a")
             try:
@@ -491,8 +519,8 @@ class RunFolder:
             except OSError:
                 self.lock.close()
                 self.lock = None
-                raise UsageError(f"another run is writing {self.out} right now (lock {self.lock_file}); wait for it "
-                                 "or choose another --out")
+                raise UsageError(f"another run is writing {self.out} right now (lock "
+                                 f"{self.lock_file}); wait for it or choose another --out")
             try:
                 if os.fstat(self.lock.fileno()).st_ino == os.stat(self.lock_file).st_ino:
                     return
@@ -512,19 +540,24 @@ class RunFolder:
         if self.resume and not resumable(self.out):
             raise UsageError(f"--resume: no checkpoint at {os.path.join(self.work, 'ckpt.pt')}")
         if not self.resume and os.path.exists(self.work) and not self.overwrite:
-            raise UsageError(f"an interrupted run is in {self.work}; pass --resume to continue it or --overwrite to restart")
+            raise UsageError(f"an interrupted run is in {self.work}; pass --resume to continue it "
+                             "or --overwrite to restart")
 
     @property
     def finished(self):
-        """A .partial that already holds the whole result (killed between its last write and the publish)."""
-        return all(os.path.exists(os.path.join(self.work, f)) for f in ("run.json", "config.json", "model.safetensors"))
+        """A .partial that already holds the whole result (killed between its last write and the
+        publish)."""
+        return all(os.path.exists(os.path.join(self.work, f))
+                   for f in ("run.json", "config.json", "model.safetensors"))
 
     def publish(self):
         """Rename the finished work folder into place first, then drop what only a resume needed."""
         for f in os.listdir(self.work):
-            if f.startswith(".tmp-") or f.startswith(".old-"):  # a save interrupted on an earlier try
+            # a save interrupted on an earlier try
+            if f.startswith(".tmp-") or f.startswith(".old-"):
                 shutil.rmtree(os.path.join(self.work, f), ignore_errors=True)
-        self.created = False  # from here the folder is a finished expert: never delete it on an error
+        # from here the folder is a finished expert: never delete it on an error
+        self.created = False
         why = not_ours(self.out, True) if os.path.lexists(self.out) else None
         if why:  # files the user put at --out while the run trained are not replaced either
             raise UsageError(f"{self.out} {why}: the finished run is kept in {self.work}; move "
@@ -535,9 +568,11 @@ class RunFolder:
                 os.remove(os.path.join(self.out, f))
 
     def finish(self, model, result, log, summary):
-        """Write the expert (a Hugging Face folder) and run.json into the work folder, log the summary line,
-        then publish. run.json is renamed into place last: its presence marks the run finished (`finished`)."""
-        model.save_pretrained(os.path.join(self.work, "expert"))  # atomic inside; moved up beside the log
+        """Write the expert (a Hugging Face folder) and run.json into the work folder, log the
+        summary line, then publish. run.json is renamed into place last: its presence marks the run
+        finished (`finished`)."""
+        # atomic inside; moved up beside the log
+        model.save_pretrained(os.path.join(self.work, "expert"))
         for name in os.listdir(os.path.join(self.work, "expert")):
             os.replace(os.path.join(self.work, "expert", name), os.path.join(self.work, name))
         os.rmdir(os.path.join(self.work, "expert"))
@@ -552,7 +587,8 @@ class RunFolder:
     def _unlock(self):
         if getattr(self, "lock", None) is not None:
             try:
-                os.remove(self.lock_file)  # before unlocking: a waiting run then sees a fresh file (see _lock)
+                # before unlocking: a waiting run then sees a fresh file (see _lock)
+                os.remove(self.lock_file)
             except OSError:
                 pass
             self.lock.close()
@@ -565,7 +601,9 @@ class RunFolder:
                     break
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and self.created and not os.path.exists(os.path.join(self.work, "ckpt.pt")):
-            shutil.rmtree(self.work, ignore_errors=True)  # nothing worth keeping: leave nothing behind
+        if (exc_type is not None and self.created
+                and not os.path.exists(os.path.join(self.work, "ckpt.pt"))):
+            # nothing worth keeping: leave nothing behind
+            shutil.rmtree(self.work, ignore_errors=True)
         self._unlock()
         return False

@@ -1,5 +1,5 @@
-"""The token cache of data.prepare: every split's ids as a nanoGPT-style .bin file plus meta.json, keyed
-by a hash of the texts, the tokenizer and the split parameters, written atomically."""
+"""The token cache of data.prepare: every split's ids as a nanoGPT-style .bin file plus meta.json,
+keyed by a hash of the texts, the tokenizer and the split parameters, written atomically."""
 import hashlib
 import json
 import os
@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from corpora import DataError
 
-CACHE_FORMAT = 2  # bump when the on-disk layout or the stream format changes (2: vocab_bound in meta)
+# bump when the on-disk layout or the stream format changes (2: vocab_bound in meta)
+CACHE_FORMAT = 2
 
 
 def tokenizer_fingerprint(tokenizer):
@@ -35,8 +36,8 @@ def encode_docs(tokenizer, docs, progress=True, desc="tokenize"):
     with .encode(text, bos=False) is called per document."""
     kind, tok = getattr(tokenizer, "kind", None), getattr(tokenizer, "tok", None)
     out = []
-    with tqdm(total=sum(map(len, docs)), unit="char", unit_scale=True, desc=desc, disable=not progress,
-              leave=False) as bar:
+    with tqdm(total=sum(map(len, docs)), unit="char", unit_scale=True, desc=desc,
+              disable=not progress, leave=False) as bar:
         i = 0
         while i < len(docs):
             j, chars = i, 0  # batches of ~256 K characters keep the bar moving and memory flat
@@ -56,7 +57,8 @@ def encode_docs(tokenizer, docs, progress=True, desc="tokenize"):
 
 
 def key(params: dict) -> str:
-    return hashlib.sha256(json.dumps(dict(params, format=CACHE_FORMAT), sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(dict(params, format=CACHE_FORMAT),
+                                     sort_keys=True).encode()).hexdigest()[:20]
 
 
 def texts_hash(idx, texts) -> str:
@@ -124,5 +126,6 @@ def load(folder, splits):
     if any(len(arrays[s]) != meta["counts"][s] for s in splits):
         return None
     if any(len(a) and int(a.max()) >= meta["vocab_bound"] for a in arrays.values()):
-        return None  # damaged in place (ids beyond the vocabulary): rebuild rather than index out of range
+        # damaged in place (ids beyond the vocabulary): rebuild rather than index out of range
+        return None
     return arrays, meta

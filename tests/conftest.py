@@ -18,11 +18,13 @@ def assets_dir():
 def assets():
     d = assets_dir()
     if d is None:
-        pytest.skip("../shared/assets (or $XPERT_ASSETS) is absent: real benchmark assets not available")
+        pytest.skip("../shared/assets (or $XPERT_ASSETS) is absent: real benchmark assets not "
+                    "available")
     return d
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir():
-    """stories260K (a real pretrained GQA LLaMA, 1 MB, MIT), committed in assets/models: every clone has it."""
+    """stories260K (a real pretrained GQA LLaMA, 1 MB, MIT), committed in assets/models: every clone
+    has it."""
     return os.path.join(ROOT, "assets", "models", "stories260K")

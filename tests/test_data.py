@@ -44,7 +44,8 @@ TOK = ByteTokenizer()
 
 def make_corpus(tmp_path, n=60):
     """A .jsonl corpus of n distinct documents of varying length."""
-    docs = [f"document {i}: " + " ".join(f"w{i}_{j}" for j in range(20 + (i * 7) % 50)) for i in range(n)]
+    docs = [f"document {i}: " + " ".join(f"w{i}_{j}" for j in range(20 + (i * 7) % 50))
+            for i in range(n)]
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     return str(path), docs
@@ -114,7 +115,8 @@ def test_small_corpus_keeps_every_split(tmp_path):
     path = tmp_path / "small.txt"
     path.write_text("one doc\n\ntwo doc\n\n  \n\nthree doc\n\nfour doc\n\nfive doc\n")
     assert load_corpus(str(path)) == ["one doc", "two doc", "three doc", "four doc", "five doc"]
-    s = data.prepare(data_path=str(path), tokenizer=TOK, cache_dir=str(tmp_path / "c"), progress=False)
+    s = data.prepare(data_path=str(path), tokenizer=TOK, cache_dir=str(tmp_path / "c"),
+                     progress=False)
     assert all(s.counts[k] > 0 for k in data.SPLITS)
     assert s.counts["train"] >= sum(s.counts.values()) // 2 - 10
 
@@ -169,10 +171,11 @@ def test_windows_and_calib_windows():
 # PubMedQA scoring
 
 def test_score_choices_picks_the_likeliest():
-    item = dict(pmid="1", question="Does aspirin reduce fever?", context="Aspirin reduced fever in all patients.",
-                answer="yes")
+    item = dict(pmid="1", question="Does aspirin reduce fever?",
+                context="Aspirin reduced fever in all patients.", answer="yes")
     prompt = bench.pubmedqa_prompt(item)
-    assert prompt.startswith("Abstract: Aspirin reduced") and prompt.endswith("\nQuestion: Does aspirin reduce fever?\nAnswer:")
+    assert (prompt.startswith("Abstract: Aspirin reduced")
+            and prompt.endswith("\nQuestion: Does aspirin reduce fever?\nAnswer:"))
     seen = []
 
     def logprob(p, cont):  # a fake model: likes " no", then " maybe"
@@ -235,13 +238,15 @@ def test_error_empty_or_bad_corpus(tmp_path):
 def test_error_too_small(tmp_path):
     (tmp_path / "three.txt").write_text("a\n\nb\n\nc\n")
     with pytest.raises(DataError, match="three.txt has 3 document.*at least 4"):
-        data.prepare(data_path=str(tmp_path / "three.txt"), tokenizer=TOK, cache_dir=str(tmp_path), progress=False)
+        data.prepare(data_path=str(tmp_path / "three.txt"), tokenizer=TOK, cache_dir=str(tmp_path),
+                     progress=False)
     tokens = np.arange(100, dtype=np.uint16)
     with pytest.raises(DataError, match=r"train split has 100 tokens.*seq_len 128 needs 129"):
         data.batches(tokens, 2, 128, seed=0)  # at the call, before any batch is drawn
     with pytest.raises(DataError, match=r"test split has 100 tokens.*seq_len 128 needs 128"):
         data.windows(tokens, 128)
-    with pytest.raises(DataError, match=r"calib split has 100 tokens = 3 windows of seq_len 32; calibration needs 4"):
+    with pytest.raises(DataError, match=r"calib split has 100 tokens = 3 windows of seq_len 32; "
+                                        r"calibration needs 4"):
         data.calib_windows(tokens, 4, 32, seed=0)
 
 
@@ -252,7 +257,9 @@ def test_legal_corpus():
     pytest.importorskip("licensedcode", reason="licensedcode-data not installed")
     docs = legal_docs()
     assert 2200 < len(docs) <= 2310 and 10_000_000 < sum(map(len, docs)) < 25_000_000
-    assert all(d.strip() and "spdx_license_key:" not in d and "\nshort_name:" not in d for d in docs)  # no YAML
+    # no YAML
+    assert all(d.strip() and "spdx_license_key:" not in d and "\nshort_name:" not in d
+               for d in docs)
     assert any(d.startswith("Permission is hereby granted, free of charge") for d in docs)  # MIT
 
 
@@ -275,7 +282,8 @@ def test_domain_prepare_with_real_tokenizer(tmp_path):
     tok = Tokenizer(os.path.join(d, "models", "stories260K"))
     docs = health_docs()[:50]
     # the batched sentencepiece path gives the same ids as the tokenizer's own encode
-    assert token_cache.encode_docs(tok, docs, progress=False) == [tok.encode(x, bos=False) for x in docs]
+    assert (token_cache.encode_docs(tok, docs, progress=False)
+            == [tok.encode(x, bos=False) for x in docs])
     s = data.prepare(domain="health", tokenizer=tok, options=data.SplitOptions(max_chars=60_000),
                      cache_dir=str(tmp_path), progress=False)
     assert all(s.counts[k] > 0 for k in data.SPLITS) and s.meta["n_chars"] == 60_000
@@ -316,12 +324,14 @@ def test_cuad_and_wikitext_real():
     docs = bench.cuad_docs(assets_dir())
     assert len(docs) == 510 and sum(map(len, docs)) > 20_000_000
     text = bench.wikitext2_text(assets_dir())
-    assert len(text) > 1_000_000 and "\r" not in text and text.lstrip().startswith("= Robert Boulter =")
+    assert (len(text) > 1_000_000 and "\r" not in text
+            and text.lstrip().startswith("= Robert Boulter ="))
     found, skipped = data.benchmarks(assets_dir(), "legal")
     assert set(found) == {"cuad", "wikitext2"} and not skipped
     assert 0 < len(found["cuad"]) <= bench.BENCH_MAX_CHARS
     ev, cal = bench.wikitext2_parts(assets_dir())
-    assert found["wikitext2"] == ev and text.startswith(ev) and text.endswith(cal)  # all but the calibration tenth
+    # all but the calibration tenth
+    assert found["wikitext2"] == ev and text.startswith(ev) and text.endswith(cal)
     assert 0.085 < len(cal) / len(text) < 0.115 and len(ev) + len(cal) + 2 == len(text)
     found, skipped = data.benchmarks(assets_dir(), "general")
     assert set(found) == {"wikitext2"} and not skipped
@@ -342,31 +352,37 @@ def test_logprob_scorer_equals_full_forward_and_picks_the_likeliest():
             logits = model(torch.tensor([p_ids + c_ids]))[0].log_softmax(-1)  # (T, vocab)
         ref = sum(logits[len(p_ids) - 1 + i, t].item() for i, t in enumerate(c_ids))
         assert abs(lp(prompt, cont) - ref) < 1e-4, cont
-    # the likeliest continuation wins: build the item so that " yes" is what the model itself prefers
-    item = {"context": "Lily had a dog. She liked to play with the dog.", "question": "Did Lily like her dog?"}
+    # the likeliest continuation wins: build the item so that " yes" is what the model itself
+    # prefers
+    item = {"context": "Lily had a dog. She liked to play with the dog.",
+            "question": "Did Lily like her dog?"}
     prompt = bench.pubmedqa_prompt(item)
     scores = {c: lp(prompt, " " + c) for c in bench.CHOICES}
     best = max(scores, key=scores.get)
     assert bench.score_choices(lp, prompt) == best
     assert bench.pubmedqa_accuracy(lp, [dict(item, answer=best)]) == 1.0
-    assert bench.pubmedqa_accuracy(lp, [dict(item, answer=next(c for c in bench.CHOICES if c != best))]) == 0.0
+    assert bench.pubmedqa_accuracy(
+        lp, [dict(item, answer=next(c for c in bench.CHOICES if c != best))]) == 0.0
 
 
 def test_pubmedqa_sample_is_fixed_and_not_one_class():
-    items = bench.pubmedqa_items(os.path.join(ROOT, "assets"), "test")  # the committed test questions
-    assert [it["answer"] for it in items[:100]].count("yes") == 100  # why a prefix would be wrong: sorted file
+    # the committed test questions
+    items = bench.pubmedqa_items(os.path.join(ROOT, "assets"), "test")
+    # why a prefix would be wrong: sorted file
+    assert [it["answer"] for it in items[:100]].count("yes") == 100
     a, b = bench.pubmedqa_sample(items, 100), bench.pubmedqa_sample(items, 100)
     assert [x["pmid"] for x in a] == [x["pmid"] for x in b] and len({x["pmid"] for x in a}) == 100
     share = {c: sum(x["answer"] == c for x in a) / 100 for c in bench.CHOICES}
-    assert 0.4 < share["yes"] < 0.7 and share["no"] > 0.2 and share["maybe"] > 0.03, share  # ~55/34/11 overall
+    # ~55/34/11 overall
+    assert 0.4 < share["yes"] < 0.7 and share["no"] > 0.2 and share["maybe"] > 0.03, share
     assert bench.pubmedqa_sample(items, 0) == items == bench.pubmedqa_sample(items, 600)
 
 
 @needs_assets
 def test_committed_subsets_match_the_full_sets():
-    """assets/ holds what the default runs score, cut from the full sets: the same PubMedQA test questions, the
-    first CUAD contracts byte for byte, the whole WikiText-2 test text (so a clone without ../shared gets the
-    same numbers)."""
+    """assets/ holds what the default runs score, cut from the full sets: the same PubMedQA test
+    questions, the first CUAD contracts byte for byte, the whole WikiText-2 test text (so a clone
+    without ../shared gets the same numbers)."""
     full, mine = assets_dir(), os.path.join(ROOT, "assets")
     assert bench.pubmedqa_items(mine, "test") == bench.pubmedqa_items(full, "test")
     a, b = bench.cuad_docs(mine), bench.cuad_docs(full)
@@ -374,4 +390,5 @@ def test_committed_subsets_match_the_full_sets():
     assert bench.wikitext2_text(mine) == bench.wikitext2_text(full)
     found_mine, _ = data.benchmarks(mine, "legal")
     found_full, _ = data.benchmarks(full, "legal")
-    assert found_full["cuad"].startswith(found_mine["cuad"]) and found_mine["wikitext2"] == found_full["wikitext2"]
+    assert (found_full["cuad"].startswith(found_mine["cuad"])
+            and found_mine["wikitext2"] == found_full["wikitext2"])

@@ -24,9 +24,9 @@ def later_events(ev):
 
 
 def test_pbs_compensates_the_whole_change_and_never_raises_the_layer_error():
-    """At events 2-3 (revivals): every changed matrix's folded weight is (U + s·ΔB·A) ⊙ M_new with ΔB
-    the row-wise lstsq for the whole change D = R − Rev, and its layer-output error on the event's
-    own calibration inputs is never above the same fold without the update."""
+    """At events 2-3 (revivals): every changed matrix's folded weight is (U + s·ΔB·A) ⊙ M_new with
+    ΔB the row-wise lstsq for the whole change D = R − Rev, and its layer-output error on the
+    event's own calibration inputs is never above the same fold without the update."""
     rows = []
     tiny_run("output", torch.float64, on_event=lambda ev: later_events(ev) and rows.extend(
         audit_event(ev["pre"], ev["post"], ev["calib"])))
@@ -38,7 +38,8 @@ def test_pbs_compensates_the_whole_change_and_never_raises_the_layer_error():
 
 
 def _diag_expected(pre_lin, new, X):
-    """The diag rule recomputed (§5.2, κ = 1): per row min Σ_c g_c (d_ic + s·δ·a_c)², g = RMS of X."""
+    """The diag rule recomputed (§5.2, κ = 1): per row min Σ_c g_c (d_ic + s·δ·a_c)², g = RMS of
+    X."""
     A, s = pre_lin.lora_A.double(), pre_lin.scale
     U = pre_lin.weight.double() + s * (pre_lin.lora_B.double() @ A)
     D = U * pre_lin.mask - U * new
@@ -49,7 +50,8 @@ def _diag_expected(pre_lin, new, X):
 
 
 @pytest.mark.parametrize("rule", ["output", "diag", "sparsegpt", "none"])
-def test_every_rule_exact_zeros_after_every_event_and_revived_weights_keep_their_value(rule, tmp_path):
+def test_every_rule_exact_zeros_after_every_event_and_revived_weights_keep_their_value(
+        rule, tmp_path):
     """Every update rule: exactly ⌊p·m·n⌋ zeros in every matrix after every event, exactly at the
     mask's zeros, and in the saved file; a revived weight enters at its U plus its update (rule
     none: exactly U; diag: the recomputed closed form; sparsegpt: never a lost zero)."""

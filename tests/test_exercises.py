@@ -1,6 +1,6 @@
-"""The exercise grader (exercises/check.py) is itself tested: for every exercise it must PASS the reference
-solution, FAIL the shipped stub (NotImplementedError is a FAIL, not a crash of the grader) and FAIL
-plausible wrong answers — so a check can never be vacuous. See EXERCISES.md."""
+"""The exercise grader (exercises/check.py) is itself tested: for every exercise it must PASS the
+reference solution, FAIL the shipped stub (NotImplementedError is a FAIL, not a crash of the grader)
+and FAIL plausible wrong answers — so a check can never be vacuous. See EXERCISES.md."""
 import math
 import os
 import re
@@ -15,8 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from exercises import check as K  # noqa: E402
-from exercises_solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
-                                 ex5_iou as s5, ex6_nm as s6, ex7_pbs_diag as s7, ex8_consumers as s8)
+from exercises_solutions import (ex1_foresight as s1, ex2_grouping as s2,  # noqa: E402
+                                 ex3_wanda as s3, ex4_pbs as s4, ex5_iou as s5, ex6_nm as s6,
+                                 ex7_pbs_diag as s7, ex8_consumers as s8)
 
 SOLUTIONS = {1: s1, 2: s2, 3: s3, 4: s4, 5: s5, 6: s6, 7: s7, 8: s8}
 
@@ -33,9 +34,10 @@ def _keep_lowest_k(scores, k, dim):
     return torch.ones(scores.shape, dtype=torch.bool).scatter_(dim, idx, False)
 
 
-# ----------------------------------------------------------------------------- plausible wrong answers
+# -------------------------------------------------------------------------- plausible wrong answers
 
-def wrong_1_wanda_like(X, U, U2):  # |U|·‖X_c‖·e: Wanda's powers instead of the squared output change
+# |U|·‖X_c‖·e: Wanda's powers instead of the squared output change
+def wrong_1_wanda_like(X, U, U2):
     return U.abs() * X.pow(2).sum(0).sqrt()[None, :] * U2.pow(2).sum(0)[:, None]
 
 
@@ -59,7 +61,8 @@ def wrong_2_highest(scores, sparsity, group):  # prunes the highest scores
     return s2.group_mask(-scores, sparsity, group)
 
 
-def wrong_2_floor_off_by_one(scores, sparsity, group):  # floor(p·size) without the guard: 0.7·90 -> 62
+# floor(p·size) without the guard: 0.7·90 -> 62
+def wrong_2_floor_off_by_one(scores, sparsity, group):
     m, n = scores.shape
     if group == "out":
         return _keep_lowest_k(scores, int(math.floor(sparsity * n)), 1)
@@ -67,11 +70,13 @@ def wrong_2_floor_off_by_one(scores, sparsity, group):  # floor(p·size) without
 
 
 def wrong_3_energy(W, X, sparsity):  # |W|·‖X_c‖² (the squared norm)
-    return _keep_lowest_k(W.abs() * X.pow(2).sum(0)[None, :], int(math.floor(sparsity * W.shape[1] + 1e-6)), 1)
+    return _keep_lowest_k(W.abs() * X.pow(2).sum(0)[None, :],
+                          int(math.floor(sparsity * W.shape[1] + 1e-6)), 1)
 
 
 def wrong_3_per_column(W, X, sparsity):  # right score, pruned per input column
-    return _keep_lowest_k(W.abs() * X.pow(2).sum(0).sqrt()[None, :], int(math.floor(sparsity * W.shape[0] + 1e-6)), 0)
+    return _keep_lowest_k(W.abs() * X.pow(2).sum(0).sqrt()[None, :],
+                          int(math.floor(sparsity * W.shape[0] + 1e-6)), 0)
 
 
 def wrong_3_magnitude(W, X, sparsity):  # forgets the activations: plain |W| per row
@@ -140,27 +145,33 @@ def wrong_7_sign(U, A, M, g, s, lam):
     return -s7.pbs_diag_solve(U, A, M, g, s, lam)
 
 
-def wrong_7_kept_columns(U, A, M, g, s, lam):  # moves the kept weights instead of the pruned ones (Ũ = U ⊙ M)
+# moves the kept weights instead of the pruned ones (Ũ = U ⊙ M)
+def wrong_7_kept_columns(U, A, M, g, s, lam):
     return s7.pbs_diag_solve(U, A, ~M, g, s, lam)
 
 
 WRONG = {
-    1: [like(s1, foresight_closed_form=wrong_1_wanda_like), like(s1, foresight_closed_form=wrong_1_norm_not_squared),
-        like(s1, foresight_closed_form=wrong_1_consumer_rows), like(s1, foresight_bruteforce=wrong_1_bruteforce_not_squared)],
+    1: [like(s1, foresight_closed_form=wrong_1_wanda_like),
+        like(s1, foresight_closed_form=wrong_1_norm_not_squared),
+        like(s1, foresight_closed_form=wrong_1_consumer_rows),
+        like(s1, foresight_bruteforce=wrong_1_bruteforce_not_squared)],
     2: [like(s2, group_mask=wrong_2_in_axis), like(s2, group_mask=wrong_2_highest),
-        like(s2, group_mask=wrong_2_floor_off_by_one), like(s2, groups_where_e_is_inert=lambda: {"out", "in"}),
+        like(s2, group_mask=wrong_2_floor_off_by_one),
+        like(s2, groups_where_e_is_inert=lambda: {"out", "in"}),
         like(s2, groups_where_e_is_inert=lambda: set())],
     3: [like(s3, wanda_mask=wrong_3_energy), like(s3, wanda_mask=wrong_3_per_column),
         like(s3, wanda_mask=wrong_3_magnitude)],
-    4: [like(s4, pbs_solve=wrong_4_scale), like(s4, pbs_solve=wrong_4_unmasked_A), like(s4, pbs_solve=wrong_4_sign),
-        like(s4, whole_change=wrong_4_change_sign)],
+    4: [like(s4, pbs_solve=wrong_4_scale), like(s4, pbs_solve=wrong_4_unmasked_A),
+        like(s4, pbs_solve=wrong_4_sign), like(s4, whole_change=wrong_4_change_sign)],
     5: [like(s5, pruned_iou=wrong_5_kept_iou), like(s5, pruned_iou=wrong_5_empty_zero),
         like(s5, chance_iou=wrong_5_chance_square)],
-    6: [like(s6, nm_mask=wrong_6_highest), like(s6, nm_mask=wrong_6_strided), like(s6, nm_mask=wrong_6_keep_n)],
+    6: [like(s6, nm_mask=wrong_6_highest), like(s6, nm_mask=wrong_6_strided),
+        like(s6, nm_mask=wrong_6_keep_n)],
     7: [like(s7, pbs_diag_solve=wrong_7_no_g), like(s7, pbs_diag_solve=wrong_7_sign),
         like(s7, pbs_diag_solve=wrong_7_kept_columns)],
     8: [like(s8, consumer_table=lambda U, gm, gn, readers, n_head, n_kv: {
-        p: v * 2 for p, v in s8.consumer_table(U, gm, gn, readers, n_head, n_kv).items()})],  # a factor 2 off
+        # a factor 2 off
+        p: v * 2 for p, v in s8.consumer_table(U, gm, gn, readers, n_head, n_kv).items()})],
 }
 
 
@@ -185,7 +196,8 @@ def expected_pass_block(n):
 
 
 def shown_in(line, out_lines):
-    """Does `line` of an Expected PASS block appear in the grader's output? '…' stands for any number."""
+    """Does `line` of an Expected PASS block appear in the grader's output? '…' stands for any
+    number."""
     parts = [p for p in line.split("…") if p]
     for o in out_lines:
         pos = 0
@@ -205,18 +217,21 @@ def test_reference_solution_passes_and_prints_the_expected_pass_block(n, capsys)
     out = capsys.readouterr().out
     assert ok, out
     assert out.strip().splitlines()[-1] == f"exercise {n}: PASS"
-    lines = out.replace("grading exercises_solutions/", "grading exercises/").splitlines()  # the student file's line
+    # the student file's line
+    lines = out.replace("grading exercises_solutions/", "grading exercises/").splitlines()
     for line in expected_pass_block(n):
         if line.strip().startswith("…"):  # "… (one line per projection)"
             continue
-        assert shown_in(line, lines), f"EXERCISES.md's Expected PASS line differs from the grader:\n{line}\n\n{out}"
+        assert shown_in(line, lines), (f"EXERCISES.md's Expected PASS line differs from the "
+                                       f"grader:\n{line}\n\n{out}")
 
 
 @pytest.mark.parametrize("n", sorted(K.EXERCISES))
 def test_shipped_stub_fails_without_crashing(n, capsys):
     path = os.path.join(ROOT, "exercises", K.EXERCISES[n] + ".py")
     if "raise NotImplementedError" not in open(path, encoding="utf-8").read():
-        pytest.skip(f"{path} has been edited (solved?): the stub test only applies to the shipped file")
+        pytest.skip(f"{path} has been edited (solved?): the stub test only applies to the shipped "
+                    "file")
     assert K.check(n) is False  # the student file, as shipped
     out = capsys.readouterr().out
     assert "FAIL" in out and "not implemented" in out
@@ -238,28 +253,31 @@ def test_grader_reports_a_crashing_submission_as_fail(capsys):
 
 def test_cli_exit_codes():
     env = dict(os.environ, PYTHONPATH=ROOT)
-    ok = subprocess.run([sys.executable, "-m", "exercises.check", "5", "--solution"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([sys.executable, "-m", "exercises.check", "5", "--solution"], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "exercise 5: PASS" in ok.stdout, ok.stdout + ok.stderr
-    bad = subprocess.run([sys.executable, os.path.join("exercises", "check.py"), "9"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, os.path.join("exercises", "check.py"), "9"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "usage" in bad.stderr
 
 
 def test_cli_grades_a_file_without_touching_the_reference(tmp_path, capsys, monkeypatch):
-    """`--file PATH` grades any file: a wrapper written the way a student would (import at the top) fails and
-    is named; a copy of the reference passes; exercises_solutions/ is never imported without --solution."""
+    """`--file PATH` grades any file: a wrapper written the way a student would (import at the top)
+    fails and is named; a copy of the reference passes; exercises_solutions/ is never imported
+    without --solution."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     wrapper = tmp_path / "my_ex7.py"
     wrapper.write_text("from xpert import pbs_diag\n\n\ndef pbs_diag_solve(U, A, M, g, s, lam):\n"
                        "    return pbs_diag(U * ~M, A, g, s, lam, lam_relative=False)\n")
-    bad = subprocess.run([sys.executable, "-m", "exercises.check", "7", "--file", str(wrapper)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "exercises.check", "7", "--file", str(wrapper)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "calls xpert.pbs_diag" in bad.stdout, bad.stdout + bad.stderr
     good = tmp_path / "copy_ex7.py"
-    good.write_text(open(os.path.join(ROOT, "exercises_solutions", "ex7_pbs_diag.py"), encoding="utf-8").read()
+    good.write_text(open(os.path.join(ROOT, "exercises_solutions", "ex7_pbs_diag.py"),
+                         encoding="utf-8").read()
                     + "\nimport sys\nassert 'exercises_solutions' not in sys.modules\n")
-    monkeypatch.delitem(sys.modules, "exercises_solutions", raising=False)  # in-process from here (restored after)
+    # in-process from here (restored after)
+    monkeypatch.delitem(sys.modules, "exercises_solutions", raising=False)
     assert K.main(["7", "--file", str(good)]) == 0
     assert "exercise 7: PASS" in capsys.readouterr().out
     assert K.main(["all", "--file", str(good)]) == 2 and "--file" in capsys.readouterr().err

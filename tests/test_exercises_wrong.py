@@ -1,11 +1,12 @@
-"""Plausible wrong answers the graders used to let through, each of which must now FAIL with a message that
-names the mistake. Issue 14: threshold masks under ties, wrappers around the library the grader checks
-against, a Monte-Carlo chance_iou, e_j from the rows of U2, a "brute force" that is the closed form in
-disguise. Issue 22: answers that change their inputs in place, call a private xpert helper or the grader's
-own references, loop where the task says "no loop", miss the p = 0 / uneven-row edges, return float32,
-compensate R alone at a later event, and the usual slips of the consumer table (exercise 8). Together with
-tests/test_exercises.py (the reference passes, the stub fails, older wrong answers fail) and
-tests/test_exercises_guard.py (exit(), imports, correct but unusual answers) every exercise is proven."""
+"""Plausible wrong answers the graders used to let through, each of which must now FAIL with a
+message that names the mistake. Issue 14: threshold masks under ties, wrappers around the library
+the grader checks against, a Monte-Carlo chance_iou, e_j from the rows of U2, a "brute force" that
+is the closed form in disguise. Issue 22: answers that change their inputs in place, call a private
+xpert helper or the grader's own references, loop where the task says "no loop", miss the p = 0 /
+uneven-row edges, return float32, compensate R alone at a later event, and the usual slips of the
+consumer table (exercise 8). Together with tests/test_exercises.py (the reference passes, the stub
+fails, older wrong answers fail) and tests/test_exercises_guard.py (exit(), imports, correct but
+unusual answers) every exercise is proven."""
 import functools
 import math
 import sys as _sys
@@ -21,9 +22,11 @@ sys.path.insert(0, ROOT)
 
 import xpert  # noqa: E402
 from exercises import check as K  # noqa: E402
-from exercises_solutions import (ex1_foresight as s1, ex2_grouping as s2, ex3_wanda as s3, ex4_pbs as s4,  # noqa: E402
-                                 ex5_iou as s5, ex6_nm as s6, ex7_pbs_diag as s7, ex8_consumers as s8)
-from xpert import foresight_scores as imported_foresight_scores  # noqa: E402  (bound before any check runs)
+from exercises_solutions import (ex1_foresight as s1, ex2_grouping as s2,  # noqa: E402
+                                 ex3_wanda as s3, ex4_pbs as s4, ex5_iou as s5, ex6_nm as s6,
+                                 ex7_pbs_diag as s7, ex8_consumers as s8)
+# (bound before any check runs)
+from xpert import foresight_scores as imported_foresight_scores  # noqa: E402
 
 
 def like(solution, **overrides):
@@ -38,7 +41,8 @@ def n_pruned(size, p):
 
 
 def threshold_keep(view, k):
-    """The tempting one-liner: keep what scores above the k-th lowest value of each row of `view`."""
+    """The tempting one-liner: keep what scores above the k-th lowest value of each row of
+    `view`."""
     if k == 0:
         return torch.ones(view.shape, dtype=torch.bool)
     return view > view.kthvalue(k, dim=1, keepdim=True).values
@@ -46,11 +50,13 @@ def threshold_keep(view, k):
 
 # ----------------------------------------------------------------------------- exercise 1
 
-def wrong_1_rows_of_U2(X, U, U2):  # e_j = Σ_j U2[k, j]²: only runs when k = m, and is then silently wrong
+# e_j = Σ_j U2[k, j]²: only runs when k = m, and is then silently wrong
+def wrong_1_rows_of_U2(X, U, U2):
     return U.pow(2) * X.pow(2).sum(0)[None, :] * U2.pow(2).sum(1)[:, None]
 
 
-def wrong_1_bruteforce_is_closed_form(X, U, consumer):  # "brute force": probe the consumer's matrix, use the formula
+# "brute force": probe the consumer's matrix, use the formula
+def wrong_1_bruteforce_is_closed_form(X, U, consumer):
     U2 = consumer(torch.eye(U.shape[0], dtype=U.dtype)).T
     return s1.foresight_closed_form(X, U, U2)
 
@@ -59,7 +65,8 @@ def wrong_1_wrapper(X, U, U2):
     return xpert.foresight_scores(U, X.pow(2).sum(0), U2.pow(2).sum(0))
 
 
-def wrong_1_wrapper_imported(X, U, U2):  # `from xpert import foresight_scores` at the top of the file
+# `from xpert import foresight_scores` at the top of the file
+def wrong_1_wrapper_imported(X, U, U2):
     return imported_foresight_scores(U, X.pow(2).sum(0), U2.pow(2).sum(0))
 
 
@@ -71,7 +78,8 @@ def wrong_1_bruteforce_not_squared(X, U, consumer):
     return s1.foresight_bruteforce(X, U, consumer).sqrt()
 
 
-def wrong_1_closed_form_is_bruteforce(X, U, U2):  # "closed form": the brute force with the linear consumer
+# "closed form": the brute force with the linear consumer
+def wrong_1_closed_form_is_bruteforce(X, U, U2):
     return s1.foresight_bruteforce(X, U, lambda Y: Y @ U2.T)
 
 
@@ -83,14 +91,16 @@ def wrong_1_closed_form_row_loop(X, U, U2):  # right values, one Python step per
     return out
 
 
-def wrong_1_reads_the_reference(X, U, consumer):  # the grader's precomputed answer from its frames, else a guess
+# the grader's precomputed answer from its frames, else a guess
+def wrong_1_reads_the_reference(X, U, consumer):
     frame = _sys._getframe(1)
     while frame is not None:
         ref = frame.f_locals.get("ref")
         if isinstance(ref, torch.Tensor) and ref.shape == U.shape:
             return ref.clone()
         frame = frame.f_back
-    return wrong_1_bruteforce_is_closed_form(X, U, consumer)  # nothing to read: the closed form in disguise
+    # nothing to read: the closed form in disguise
+    return wrong_1_bruteforce_is_closed_form(X, U, consumer)
 
 
 def wrong_1_calls_grader_bruteforce(X, U, consumer):  # the grader's own brute force
@@ -111,15 +121,18 @@ def wrong_2_wrapper(scores, sparsity, group):
     return xpert.select_mask(scores, sparsity, group)
 
 
-def wrong_2_private_helper(scores, sparsity, group):  # xpert's private selection helper, not on the old list
+# xpert's private selection helper, not on the old list
+def wrong_2_private_helper(scores, sparsity, group):
     if group not in ("out", "in", "layer"):
         raise ValueError(group)
     view = {"out": scores, "in": scores.t(), "layer": scores.reshape(1, -1)}[group]
-    keep = xpert._prune_bounded(view, view.shape[0] * n_pruned(view.shape[1], sparsity), sparsity, 1e-9)
+    keep = xpert._prune_bounded(view, view.shape[0] * n_pruned(view.shape[1], sparsity), sparsity,
+                                1e-9)
     return {"out": keep, "in": keep.t(), "layer": keep.reshape(scores.shape)}[group]
 
 
-def wrong_2_normalises_in_place(scores, sparsity, group):  # `scores /= scores.max()`: the EMA state is gone
+# `scores /= scores.max()`: the EMA state is gone
+def wrong_2_normalises_in_place(scores, sparsity, group):
     scores /= scores.abs().max() + 1.0
     return s2.group_mask(scores, sparsity, group)
 
@@ -135,17 +148,20 @@ def wrong_3_wrapper(W, X, sparsity):  # Wanda's score by hand, the selection fro
     return xpert.select_mask(W.abs() * X.pow(2).sum(0).sqrt()[None, :], sparsity, "out")
 
 
-def wrong_3_desc_tail(W, X, sparsity):  # the k lowest as the tail of a descending sort: [-0:] is everything
+# the k lowest as the tail of a descending sort: [-0:] is everything
+def wrong_3_desc_tail(W, X, sparsity):
     score = W.abs() * X.pow(2).sum(0).sqrt()[None, :]
     k = n_pruned(W.shape[1], sparsity)
-    return torch.ones(W.shape, dtype=torch.bool).scatter_(1, score.argsort(1, descending=True)[:, -k:], False)
+    return torch.ones(W.shape, dtype=torch.bool).scatter_(
+        1, score.argsort(1, descending=True)[:, -k:], False)
 
 
 def wrong_3_abs_in_place(W, X, sparsity):  # W.abs_(): the layer's signs are gone
     return s3.wanda_mask(W.abs_(), X, sparsity)
 
 
-def wrong_3_wrapper_scores(W, X, sparsity):  # the selection by hand, the score from the library (e = 1)
+# the selection by hand, the score from the library (e = 1)
+def wrong_3_wrapper_scores(W, X, sparsity):
     score = xpert.foresight_scores(W, X.pow(2).sum(0), torch.ones(W.shape[0], dtype=W.dtype)).sqrt()
     k = n_pruned(W.shape[1], sparsity)
     return torch.ones(W.shape, dtype=torch.bool).scatter_(1, score.argsort(1)[:, :k], False)
@@ -157,7 +173,8 @@ def wrong_4_wrapper(D, A, M, H, s, lam):
     return xpert.pbs_output(D, A, M, H, s, lam, lam_relative=False)
 
 
-def wrong_4_pruned_columns_only(D, A, M, H, s, lam):  # the first-event system s·A_K H_{K,S} D_{i,S}ᵀ at every event
+# the first-event system s·A_K H_{K,S} D_{i,S}ᵀ at every event
+def wrong_4_pruned_columns_only(D, A, M, H, s, lam):
     r = A.shape[0]
     dB = torch.zeros(D.shape[0], r, dtype=D.dtype)
     for i in range(D.shape[0]):
@@ -167,7 +184,8 @@ def wrong_4_pruned_columns_only(D, A, M, H, s, lam):  # the first-event system s
     return dB
 
 
-def wrong_4_equal_counts(D, A, M, H, s, lam):  # vectorised, assuming every row keeps the same number of weights
+# vectorised, assuming every row keeps the same number of weights
+def wrong_4_equal_counts(D, A, M, H, s, lam):
     m, n = D.shape
     r = A.shape[0]
     K = M.nonzero()[:, 1].view(m, -1)  # (m, |K|): only if all rows keep as many
@@ -203,7 +221,8 @@ def wrong_4_change_plus_revived(U, M_old, M_new):  # R + Rev
     return U * M_old * ~M_new + U * ~M_old * M_new
 
 
-wrong_4_partial = functools.partial(xpert.pbs_output, lam_relative=False)  # bound when this file is imported
+# bound when this file is imported
+wrong_4_partial = functools.partial(xpert.pbs_output, lam_relative=False)
 
 
 # ----------------------------------------------------------------------------- exercise 5
@@ -216,7 +235,8 @@ def wrong_5_monte_carlo(p, size=100_000):  # a simulation, unseeded: a different
     return ((~a & ~b).sum() / (~a | ~b).sum()).item()
 
 
-def wrong_5_monte_carlo_seeded(p, size=200_000):  # the same, seeded: deterministic, still not the formula
+# the same, seeded: deterministic, still not the formula
+def wrong_5_monte_carlo_seeded(p, size=200_000):
     g = torch.Generator().manual_seed(0)
     k = n_pruned(size, p)
     a, b = torch.ones(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool)
@@ -233,7 +253,8 @@ def wrong_5_half(p):  # a fixed formula, wrong: p/2 (must not be told it is a si
     return p / 2
 
 
-def wrong_5_epsilon(p):  # the right ratio with an "avoid division by zero" epsilon: close, still a formula
+# the right ratio with an "avoid division by zero" epsilon: close, still a formula
+def wrong_5_epsilon(p):
     return p * p / (2 * p - p * p + 1e-6)
 
 
@@ -250,7 +271,8 @@ def wrong_6_threshold(scores, N, M):
     return threshold_keep(scores.reshape(-1, M), N).reshape(m, n)
 
 
-def wrong_6_private_helper(scores, N, M):  # xpert's private bounded-groups helper does N:M by accident
+# xpert's private bounded-groups helper does N:M by accident
+def wrong_6_private_helper(scores, N, M):
     m, n = scores.shape
     if n % M:
         raise ValueError("n % M")
@@ -313,7 +335,8 @@ def wrong_8(slip):
         elif slip == "v-rows":  # rows of U_o instead of its columns
             e["self_attn.v_proj"] = Uo.pow(2).sum(1).view(n_kv, rep, hd).sum(1).reshape(-1)
         elif slip == "o-no-gamma":
-            e["self_attn.o_proj"] = U["mlp.gate_proj"].pow(2).sum(0) + U["mlp.up_proj"].pow(2).sum(0)
+            e["self_attn.o_proj"] = (U["mlp.gate_proj"].pow(2).sum(0)
+                                     + U["mlp.up_proj"].pow(2).sum(0))
         elif slip == "down-no-gamma":
             e["mlp.down_proj"] = sum(R.pow(2).sum(0) for R in readers)
         elif slip == "k-mean":  # the authors' RMS over the group
@@ -326,14 +349,16 @@ def wrong_8(slip):
     return types.SimpleNamespace(consumer_table=consumer_table)
 
 
-def wrong_8_wrapper(U, gm, gn, readers, n_head, n_kv):  # dresses the tensors up as modules for the library
+# dresses the tensors up as modules for the library
+def wrong_8_wrapper(U, gm, gn, readers, n_head, n_kv):
     def lin(W):
         return types.SimpleNamespace(weight=W)
-    block = types.SimpleNamespace(self_attn=types.SimpleNamespace(**{p.split(".")[1]: lin(U[p]) for p in U
-                                                                     if p.startswith("self_attn")}),
-                                  mlp=types.SimpleNamespace(**{p.split(".")[1]: lin(U[p]) for p in U
-                                                               if p.startswith("mlp")}),
-                                  post_attention_layernorm=lin(gm))
+    block = types.SimpleNamespace(
+        self_attn=types.SimpleNamespace(**{p.split(".")[1]: lin(U[p]) for p in U
+                                           if p.startswith("self_attn")}),
+        mlp=types.SimpleNamespace(**{p.split(".")[1]: lin(U[p]) for p in U
+                                     if p.startswith("mlp")}),
+        post_attention_layernorm=lin(gm))
     if len(readers) == 1:
         nxt = (lin(gn), lin(readers[0]))
     else:
@@ -346,54 +371,75 @@ def wrong_8_wrapper(U, gm, gn, readers, n_head, n_kv):  # dresses the tensors up
 # (exercise, wrong answer, a distinctive part of the FAIL message that names the mistake)
 WRONG = {
     "1-rows-of-U2": (1, like(s1, foresight_closed_form=wrong_1_rows_of_U2), "rows of U2"),
-    "1-bruteforce-is-closed-form": (1, like(s1, foresight_bruteforce=wrong_1_bruteforce_is_closed_form),
-                                    "non-linear consumer"),
-    "1-wrapper": (1, like(s1, foresight_closed_form=wrong_1_wrapper), "calls xpert.foresight_scores"),
-    "1-wrapper-imported": (1, like(s1, foresight_closed_form=wrong_1_wrapper_imported), "calls xpert.foresight_scores"),
+    "1-bruteforce-is-closed-form": (
+        1, like(s1, foresight_bruteforce=wrong_1_bruteforce_is_closed_form), "non-linear consumer"),
+    "1-wrapper": (1, like(s1, foresight_closed_form=wrong_1_wrapper),
+                  "calls xpert.foresight_scores"),
+    "1-wrapper-imported": (1, like(s1, foresight_closed_form=wrong_1_wrapper_imported),
+                           "calls xpert.foresight_scores"),
     "1-wanda-powers": (1, like(s1, foresight_closed_form=wrong_1_wanda_powers), "Wanda's powers"),
-    "1-bruteforce-not-squared": (1, like(s1, foresight_bruteforce=wrong_1_bruteforce_not_squared), "not its square"),
-    "1-closed-form-is-bruteforce": (1, like(s1, foresight_closed_form=wrong_1_closed_form_is_bruteforce),
-                                    "calls your foresight_bruteforce"),
-    "1-closed-form-row-loop": (1, like(s1, foresight_closed_form=wrong_1_closed_form_row_loop), "lines of Python"),
+    "1-bruteforce-not-squared": (1, like(s1, foresight_bruteforce=wrong_1_bruteforce_not_squared),
+                                 "not its square"),
+    "1-closed-form-is-bruteforce": (
+        1, like(s1, foresight_closed_form=wrong_1_closed_form_is_bruteforce),
+        "calls your foresight_bruteforce"),
+    "1-closed-form-row-loop": (1, like(s1, foresight_closed_form=wrong_1_closed_form_row_loop),
+                               "lines of Python"),
     "1-reads-the-reference": (1, like(s1, foresight_bruteforce=wrong_1_reads_the_reference),
                               "differs from the independent computation"),
     "1-calls-grader-bruteforce": (1, like(s1, foresight_bruteforce=wrong_1_calls_grader_bruteforce),
                                   "calls exercises.check.bruteforce_dz"),
     "2-threshold-ties": (2, like(s2, group_mask=wrong_2_threshold), "tied at the cut"),
     "2-wrapper": (2, like(s2, group_mask=wrong_2_wrapper), "calls xpert.select_mask"),
-    "2-private-helper": (2, like(s2, group_mask=wrong_2_private_helper), "calls xpert._prune_bounded"),
-    "2-normalises-in-place": (2, like(s2, group_mask=wrong_2_normalises_in_place), "changed its input scores in place"),
-    "2-claims-in-is-inert": (2, like(s2, groups_where_e_is_inert=lambda: {"out", "in"}), "Counterexample"),
-    "2-claims-nothing-is-inert": (2, like(s2, groups_where_e_is_inert=lambda: set()), "leaves out a group"),
+    "2-private-helper": (2, like(s2, group_mask=wrong_2_private_helper),
+                         "calls xpert._prune_bounded"),
+    "2-normalises-in-place": (2, like(s2, group_mask=wrong_2_normalises_in_place),
+                              "changed its input scores in place"),
+    "2-claims-in-is-inert": (2, like(s2, groups_where_e_is_inert=lambda: {"out", "in"}),
+                             "Counterexample"),
+    "2-claims-nothing-is-inert": (2, like(s2, groups_where_e_is_inert=lambda: set()),
+                                  "leaves out a group"),
     "3-threshold-ties": (3, like(s3, wanda_mask=wrong_3_threshold), "tied at the cut"),
     "3-wrapper": (3, like(s3, wanda_mask=wrong_3_wrapper), "calls xpert.select_mask"),
-    "3-wrapper-scores": (3, like(s3, wanda_mask=wrong_3_wrapper_scores), "calls xpert.foresight_scores"),
+    "3-wrapper-scores": (3, like(s3, wanda_mask=wrong_3_wrapper_scores),
+                         "calls xpert.foresight_scores"),
     "3-p0-prunes-everything": (3, like(s3, wanda_mask=wrong_3_desc_tail), "p=0.0"),
-    "3-abs-in-place": (3, like(s3, wanda_mask=wrong_3_abs_in_place), "changed its input W in place"),
+    "3-abs-in-place": (3, like(s3, wanda_mask=wrong_3_abs_in_place),
+                       "changed its input W in place"),
     "4-wrapper": (4, like(s4, pbs_solve=wrong_4_wrapper), "calls xpert.pbs_output"),
     "4-wrapper-partial": (4, like(s4, pbs_solve=wrong_4_partial), "calls xpert.pbs_output"),
-    "4-pruned-columns-only": (4, like(s4, pbs_solve=wrong_4_pruned_columns_only), "revived columns"),
+    "4-pruned-columns-only": (4, like(s4, pbs_solve=wrong_4_pruned_columns_only),
+                              "revived columns"),
     "4-equal-counts": (4, like(s4, pbs_solve=wrong_4_equal_counts), "uneven rows"),
     "4-float32": (4, like(s4, pbs_solve=wrong_4_float32), "returned dtype torch.float32"),
-    "4-ridge-in-place": (4, like(s4, pbs_solve=wrong_4_ridge_in_place), "changed its input H in place"),
-    "4-change-wrapper": (4, like(s4, whole_change=wrong_4_change_wrapper), "calls xpert.MaskChange.whole_change"),
-    "4-change-R-only": (4, like(s4, whole_change=wrong_4_change_R_only), "R = U ⊙ M_old ⊙ (1 − M_new) alone"),
-    "4-change-first-event": (4, like(s4, whole_change=wrong_4_change_first_event), "the first event's R"),
+    "4-ridge-in-place": (4, like(s4, pbs_solve=wrong_4_ridge_in_place),
+                         "changed its input H in place"),
+    "4-change-wrapper": (4, like(s4, whole_change=wrong_4_change_wrapper),
+                         "calls xpert.MaskChange.whole_change"),
+    "4-change-R-only": (4, like(s4, whole_change=wrong_4_change_R_only),
+                        "R = U ⊙ M_old ⊙ (1 − M_new) alone"),
+    "4-change-first-event": (4, like(s4, whole_change=wrong_4_change_first_event),
+                             "the first event's R"),
     "4-change-plus-revived": (4, like(s4, whole_change=wrong_4_change_plus_revived), "R + Rev"),
     "5-monte-carlo": (5, like(s5, chance_iou=wrong_5_monte_carlo), "not a simulation"),
-    "5-monte-carlo-seeded": (5, like(s5, chance_iou=wrong_5_monte_carlo_seeded), "not a simulation"),
+    "5-monte-carlo-seeded": (5, like(s5, chance_iou=wrong_5_monte_carlo_seeded),
+                             "not a simulation"),
     "5-pruned-in-both": (5, like(s5, chance_iou=wrong_5_both), "far from the expected IoU"),
     "5-half": (5, like(s5, chance_iou=wrong_5_half), "far from the expected IoU"),
-    "5-epsilon": (5, like(s5, chance_iou=wrong_5_epsilon), "a formula in p, but not the expected IoU"),
-    "5-grader-reference": (5, like(s5, chance_iou=wrong_5_grader_reference), "calls exercises.check.exact_chance_iou"),
+    "5-epsilon": (5, like(s5, chance_iou=wrong_5_epsilon),
+                  "a formula in p, but not the expected IoU"),
+    "5-grader-reference": (5, like(s5, chance_iou=wrong_5_grader_reference),
+                           "calls exercises.check.exact_chance_iou"),
     "6-threshold-ties": (6, like(s6, nm_mask=wrong_6_threshold), "tied at the cut"),
     "6-wrapper": (6, like(s6, nm_mask=wrong_6_wrapper), "calls xpert.select_mask"),
     "6-private-helper": (6, like(s6, nm_mask=wrong_6_private_helper), "calls xpert._prune_bounded"),
     "7-wrapper": (7, like(s7, pbs_diag_solve=wrong_7_wrapper), "calls xpert.pbs_diag"),
-    "7-wrapper-with-fallback": (7, like(s7, pbs_diag_solve=wrong_7_wrapper_with_fallback), "calls xpert.pbs_diag"),
+    "7-wrapper-with-fallback": (7, like(s7, pbs_diag_solve=wrong_7_wrapper_with_fallback),
+                                "calls xpert.pbs_diag"),
     "7-row-loop": (7, like(s7, pbs_diag_solve=wrong_7_row_loop), "lines of Python"),
     "7-float32": (7, like(s7, pbs_diag_solve=wrong_7_float32), "returned dtype torch.float32"),
-    "7-grader-reference": (7, like(s7, pbs_diag_solve=wrong_7_grader_reference), "calls exercises.check.pbs_diag_lstsq"),
+    "7-grader-reference": (7, like(s7, pbs_diag_solve=wrong_7_grader_reference),
+                           "calls exercises.check.pbs_diag_lstsq"),
     "8-k-no-repeat": (8, wrong_8("k-no-repeat"), "no repeat over the query heads"),
     "8-q-no-repeat": (8, wrong_8("q-no-repeat"), "repeat each group's energies"),
     "8-q-tiled": (8, wrong_8("q-tiled"), "h % n_kv"),
@@ -403,7 +449,8 @@ WRONG = {
     "8-down-no-gamma": (8, wrong_8("down-no-gamma"), "without the norm gain γ²"),
     "8-k-mean-not-sum": (8, wrong_8("k-mean"), "the mean of the rows of U_q"),
     "8-gate-rows-not-columns": (8, wrong_8("gate-rows"), "summing rows instead of columns"),
-    "8-wrapper": (8, types.SimpleNamespace(consumer_table=wrong_8_wrapper), "calls xpert.consumer_energy"),
+    "8-wrapper": (8, types.SimpleNamespace(consumer_table=wrong_8_wrapper),
+                  "calls xpert.consumer_energy"),
     "8-in-place": (8, wrong_8("in-place"), "changed its input U['self_attn.o_proj'] in place"),
 }
 
@@ -423,7 +470,8 @@ def test_every_exercise_has_a_named_wrong_answer_here():
 
 
 def test_a_fixed_wrong_formula_is_not_told_it_is_a_simulation(capsys):
-    """p/2 and p²/(2p − p² + ε) are formulas: the FAIL says so, and lists the values against the exact ones."""
+    """p/2 and p²/(2p − p² + ε) are formulas: the FAIL says so, and lists the values against the
+    exact ones."""
     for answer in (wrong_5_half, wrong_5_epsilon):
         assert K.check(5, like(s5, chance_iou=answer)) is False
         last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -431,7 +479,8 @@ def test_a_fixed_wrong_formula_is_not_told_it_is_a_simulation(capsys):
 
 
 def test_issue_numbers_of_the_tie_case(capsys):
-    """The case of the issue: 8 rows with 12 exact zeros each at p = 0.5 — a threshold prunes 96, not 80."""
+    """The case of the issue: 8 rows with 12 exact zeros each at p = 0.5 — a threshold prunes 96,
+    not 80."""
     assert K.check(2, like(s2, group_mask=wrong_2_threshold)) is False
     assert "in all 96 pruned instead of 80" in capsys.readouterr().out
 
@@ -444,16 +493,19 @@ def test_library_is_restored_after_a_wrapper_failed(capsys):
     assert torch.equal(xpert.select_mask(scores, 0.5, "out"), before)
     assert not hasattr(xpert, "_exercises_library_called")
     U, X = torch.randn(3, 4), torch.randn(5, 4)
-    assert torch.allclose(xpert.foresight_scores(U, X.pow(2).sum(0), torch.ones(3)), U.pow(2) * X.pow(2).sum(0))
+    assert torch.allclose(xpert.foresight_scores(U, X.pow(2).sum(0), torch.ones(3)),
+                          U.pow(2) * X.pow(2).sum(0))
 
 
 def test_ex2_wrong_claim_does_not_print_the_table_it_asks_for(capsys):
-    """A wrong claim gets a counterexample for the group it wrongly calls inert, and nothing about the others."""
+    """A wrong claim gets a counterexample for the group it wrongly calls inert, and nothing about
+    the others."""
     assert K.check(2, like(s2, groups_where_e_is_inert=lambda: {"out", "in"})) is False
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     assert "FAIL" in last and "group 'in'" in last and "flips" in last
-    assert "weights whose keep/prune flips" not in out and "'out'" not in last and "'layer'" not in last
+    assert ("weights whose keep/prune flips" not in out and "'out'" not in last
+            and "'layer'" not in last)
     assert K.check(2, like(s2, groups_where_e_is_inert=lambda: set())) is False
     out = capsys.readouterr().out
     assert "flips" not in out and "'out'" not in out.strip().splitlines()[-1]

@@ -1,5 +1,6 @@
-"""Tests of masked LoRA (xpert.LoRALinear, docs/paper.md §2-3): every test checks the layer against an independent
-computation — the explicit expression y = x·((W + s·B·A) ⊙ M)ᵀ, differentiated by autograd in float64."""
+"""Tests of masked LoRA (xpert.LoRALinear, docs/paper.md §2-3): every test checks the layer against
+an independent computation — the explicit expression y = x·((W + s·B·A) ⊙ M)ᵀ, differentiated by
+autograd in float64."""
 import os
 import sys
 
@@ -46,7 +47,7 @@ def _zero_off_mask(lin):
     return bool((lin.weight[~lin.mask] == 0).all())
 
 
-# ----------------------------------------------------------------------------- the function computed
+# ---------------------------------------------------------------------------- the function computed
 
 def test_lora_with_zero_B_equals_plain_model():
     model = tiny_model()
@@ -54,13 +55,16 @@ def test_lora_with_zero_B_equals_plain_model():
     with torch.no_grad():
         ref = model(ids)
         xpert.add_lora(model, rank=4, dropout=0.1)
-        torch.testing.assert_close(model(ids), ref, rtol=0, atol=0)  # eval: dropout off; B = 0 exactly
+        # eval: dropout off; B = 0 exactly
+        torch.testing.assert_close(model(ids), ref, rtol=0, atol=0)
         model.train()
         out = model(ids)  # train mode, dropout on the adapter path only: still B = 0
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
-    assert all(isinstance(xpert.get_sub(model.model.layers[0], p), xpert.LoRALinear) for p in PROJECTIONS)
+    assert all(isinstance(xpert.get_sub(model.model.layers[0], p), xpert.LoRALinear)
+               for p in PROJECTIONS)
     params = xpert.lora_parameters(model)
-    assert len(params) == 2 * 7 * 2 and {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in params}
+    assert (len(params) == 2 * 7 * 2
+            and {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in params})
 
 
 def test_masked_forward_is_the_folded_model():
@@ -75,7 +79,8 @@ def test_masked_forward_is_the_folded_model():
     assert _zero_off_mask(lin)
 
 
-@pytest.mark.parametrize("x_grad", [True, False])  # False: a first-block q/k/v, whose input is frozen
+# False: a first-block q/k/v, whose input is frozen
+@pytest.mark.parametrize("x_grad", [True, False])
 def test_masked_gradients_equal_autograd_on_the_expression(x_grad):
     lin = _masked_layer()
     x = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=x_grad)  # (B, T, n)
@@ -88,14 +93,16 @@ def test_masked_gradients_equal_autograd_on_the_expression(x_grad):
     torch.testing.assert_close(lin.lora_B.grad, B.grad, rtol=1e-12, atol=1e-12)
     if x_grad:
         torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
-    G = (gy.reshape(-1, 12).T @ x.detach().reshape(-1, 16)) * lin.mask  # only kept positions reach A, B
+    # only kept positions reach A, B
+    G = (gy.reshape(-1, 12).T @ x.detach().reshape(-1, 16)) * lin.mask
     torch.testing.assert_close(lin.lora_B.grad, lin.scale * G @ lin.lora_A.detach().T)
     assert lin.weight.grad is None
 
 
 def test_unpruned_layer_takes_the_lora_path_with_the_exact_forms_values_and_gradients():
-    """With an all-ones mask LoRALinear runs plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ (LoRA's cost); it must be the
-    same function, with the same adapter gradients, as the exact masked form x·((W + s·B·A) ⊙ M)ᵀ."""
+    """With an all-ones mask LoRALinear runs plain LoRA, x·Wᵀ + s·(x·Aᵀ)·Bᵀ (LoRA's cost); it must
+    be the same function, with the same adapter gradients, as the exact masked form x·((W + s·B·A) ⊙
+    M)ᵀ."""
     torch.manual_seed(0)
     lin = xpert.LoRALinear(nn.Linear(12, 7, bias=False).double(), rank=3, alpha=6, dropout=0.0)
     with torch.no_grad():
@@ -108,15 +115,17 @@ def test_unpruned_layer_takes_the_lora_path_with_the_exact_forms_values_and_grad
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gA, rA, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gB, rB, rtol=1e-10, atol=1e-10)
-    with torch.no_grad():  # one pruned (and zeroed: W ⊙ M = W) weight switches it to the masked path
+    # one pruned (and zeroed: W ⊙ M = W) weight switches it to the masked path
+    with torch.no_grad():
         lin.mask[0, 0] = False
         lin.weight[0, 0] = 0
     torch.testing.assert_close(lin(x), _reference(lin, x)[0], rtol=1e-12, atol=1e-12)
 
 
 def test_masked_phase_has_no_adapter_dropout_and_the_dense_phase_has():
-    """The one-matmul masked form has no place for dropout(x) on the adapter path alone: once the mask holds
-    a zero, train() computes what eval() computes. Before any pruning, train-mode dropout acts as in LoRA."""
+    """The one-matmul masked form has no place for dropout(x) on the adapter path alone: once the
+    mask holds a zero, train() computes what eval() computes. Before any pruning, train-mode dropout
+    acts as in LoRA."""
     lin = _masked_layer(dropout=0.5).train()
     x = torch.randn(6, 16, dtype=torch.float64)
     with torch.no_grad():
@@ -127,11 +136,13 @@ def test_masked_phase_has_no_adapter_dropout_and_the_dense_phase_has():
 
 
 def test_forward_follows_mask_changes_made_in_place():
-    # LoRALinear caches "is anything pruned?" on the mask's in-place version counter: every way a mask
-    # changes in this code (item assignment, copy_, load_state_dict) must switch the forward to the exact form.
+    # LoRALinear caches "is anything pruned?" on the mask's in-place version counter: every way a
+    # mask changes in this code (item assignment, copy_, load_state_dict) must switch the forward to
+    # the exact form.
     # Each change zeroes W off the new mask, as every writer of a mask does (W ⊙ M = W).
     torch.manual_seed(0)
-    lin = xpert.LoRALinear(torch.nn.Linear(10, 6, bias=False).double(), rank=2, alpha=4, dropout=0.0)
+    lin = xpert.LoRALinear(torch.nn.Linear(10, 6, bias=False).double(), rank=2, alpha=4,
+                           dropout=0.0)
     with torch.no_grad():
         lin.lora_B.normal_()
     x = torch.randn(3, 10, dtype=torch.float64)
@@ -155,7 +166,7 @@ def test_forward_follows_mask_changes_made_in_place():
         torch.testing.assert_close(lin(x), exact())
 
 
-# ----------------------------------------------------------------------------- fold and the invariant W ⊙ M = W
+# ----------------------------------------------------------------- fold and the invariant W ⊙ M = W
 
 def test_fold_is_idempotent():
     lin = _masked_layer(dtype=torch.float32)
@@ -168,17 +179,20 @@ def test_fold_is_idempotent():
 
 
 def test_every_mask_writer_keeps_the_weight_zero_off_the_mask():
-    """The masked forward does not re-mask W (it relies on W ⊙ M = W): check every writer of a mask keeps it —
-    a prune event (non-final and final), fold/merge, and a one-shot prune handed to add_lora (Wanda→LoRA)."""
+    """The masked forward does not re-mask W (it relies on W ⊙ M = W): check every writer of a mask
+    keeps it — a prune event (non-final and final), fold/merge, and a one-shot prune handed to
+    add_lora (Wanda→LoRA)."""
     ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
     model = xpert.add_lora(tiny_model(seed=3), rank=4)
     g = torch.Generator().manual_seed(1)
     for final in (False, True):
         with torch.no_grad():
             for _, lin in xpert.lora_layers(model):
-                lin.lora_B.copy_(torch.randn(lin.lora_B.shape, generator=g) * 0.05)  # simulate training
+                # simulate training
+                lin.lora_B.copy_(torch.randn(lin.lora_B.shape, generator=g) * 0.05)
         xpert.prune_event(model, ids, xpert.PruneConfig(0.5), final=final, progress=False)
-        assert all(_zero_off_mask(lin) and not lin.mask.all() for _, lin in xpert.lora_layers(model))
+        assert all(_zero_off_mask(lin) and not lin.mask.all()
+                   for _, lin in xpert.lora_layers(model))
     for _, lin in xpert.lora_layers(model):
         with torch.no_grad():
             lin.lora_B.normal_()
@@ -193,19 +207,21 @@ def test_every_mask_writer_keeps_the_weight_zero_off_the_mask():
 # ----------------------------------------------------------------------------- memory
 
 def test_masked_forward_saves_no_new_mxn_tensor():
-    """Backward recomputes the merged weight: the forward keeps x and references to W, M, A, B only (every
-    saved m×n tensor shares storage with W or the mask), so no per-forward m×n tensor outlives the step."""
+    """Backward recomputes the merged weight: the forward keeps x and references to W, M, A, B only
+    (every saved m×n tensor shares storage with W or the mask), so no per-forward m×n tensor
+    outlives the step."""
     lin = _masked_layer(m=24, n=16, dtype=torch.float32)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = lin(torch.randn(3, 16, requires_grad=True))
     owned = {lin.weight.untyped_storage().data_ptr(), lin.mask.untyped_storage().data_ptr()}
     big = [t for t in saved if t.numel() >= 24 * 16]
-    assert big and all(t.untyped_storage().data_ptr() in owned for t in big), [tuple(t.shape) for t in big]
+    assert big and all(t.untyped_storage().data_ptr() in owned for t in big), (
+        [tuple(t.shape) for t in big])
     y.sum().backward()
 
 
-# ----------------------------------------------------------------------------- dtypes: fp32 adapters over bf16/fp16
+# ------------------------------------------------------------- dtypes: fp32 adapters over bf16/fp16
 
 def _prune_block0(model, p=0.5, seed=0):
     """Block 0 pruned (masked path, W zero off M), block 1 left dense (plain-LoRA path)."""
@@ -218,8 +234,9 @@ def _prune_block0(model, p=0.5, seed=0):
 
 
 def test_bf16_base_fp32_adapters_keep_updates_below_bf16_resolution():
-    """AdamW at lr 1e-6 moves A by ~1e-6 per step, far below bf16's spacing near |A| ~ 0.1 (~5e-4): with
-    bf16 adapters A would not change at all. With fp32 adapters every A moves, on both paths."""
+    """AdamW at lr 1e-6 moves A by ~1e-6 per step, far below bf16's spacing near |A| ~ 0.1 (~5e-4):
+    with bf16 adapters A would not change at all. With fp32 adapters every A moves, on both
+    paths."""
     model = xpert.add_lora(tiny_model(dtype=torch.bfloat16), rank=4, dropout=0.05)
     _prune_block0(model)
     model.train()
@@ -235,31 +252,37 @@ def test_bf16_base_fp32_adapters_keep_updates_below_bf16_resolution():
         opt.step()
     for n, lin in xpert.lora_layers(model):
         moved = (lin.lora_A - A0[n]).abs()
-        assert moved.max() < 1e-5, n  # a sub-resolution update ...
-        assert (moved > 0).float().mean() > 0.9, n  # ... that survived (weight decay alone moves A by lr·wd·A)
+        # a sub-resolution update ...
+        assert moved.max() < 1e-5, n
+        # ... that survived (weight decay alone moves A by lr·wd·A)
+        assert (moved > 0).float().mean() > 0.9, n
         assert torch.isfinite(lin.lora_B).all() and lin.lora_B.abs().max() > 0, n
     assert all(p.dtype == torch.float32 for p in params)
-    assert all(lin.weight.dtype == torch.bfloat16 and not lin.weight.requires_grad for _, lin in xpert.lora_layers(model))
+    assert all(lin.weight.dtype == torch.bfloat16 and not lin.weight.requires_grad
+               for _, lin in xpert.lora_layers(model))
 
 
 def test_bf16_fold_is_the_fp32_sum_rounded_once():
     lin = _masked_layer(m=24, n=40, r=4, dtype=torch.bfloat16)
     assert lin.lora_A.dtype == lin.lora_B.dtype == torch.float32
     with torch.no_grad():
-        lin.lora_B.mul_(1e-3)  # a small update: most of it would vanish if rounded to bf16 before the sum
+        # a small update: most of it would vanish if rounded to bf16 before the sum
+        lin.lora_B.mul_(1e-3)
         W, A, B, M = lin.weight.float(), lin.lora_A.clone(), lin.lora_B.clone(), lin.mask
         ref = ((W + lin.scale * B @ A) * M).to(torch.bfloat16)  # summed in fp32, rounded once
         x = torch.randn(3, 40)
         y = lin(x.to(torch.bfloat16))  # the masked forward in bf16, before the fold
         lin.fold()
     assert lin.weight.dtype == torch.bfloat16 and torch.equal(lin.weight, ref)
-    assert not torch.equal(ref, (W.to(torch.bfloat16) + (lin.scale * B @ A * M).to(torch.bfloat16)))  # two roundings differ
-    torch.testing.assert_close(y.float(), x.to(torch.bfloat16).float() @ ref.float().T, rtol=2e-2, atol=2e-2)
+    # two roundings differ
+    assert not torch.equal(ref, (W.to(torch.bfloat16) + (lin.scale * B @ A * M).to(torch.bfloat16)))
+    torch.testing.assert_close(y.float(), x.to(torch.bfloat16).float() @ ref.float().T, rtol=2e-2,
+                               atol=2e-2)
 
 
 def test_fp16_base_adamw_steps_are_finite():
-    """AdamW's eps = 1e-8 is 0 in fp16: with fp16 adapters the first step (B = 0, so A's gradient is 0) was
-    0/0 = NaN. fp32 adapters keep the optimizer state in fp32."""
+    """AdamW's eps = 1e-8 is 0 in fp16: with fp16 adapters the first step (B = 0, so A's gradient
+    is 0) was 0/0 = NaN. fp32 adapters keep the optimizer state in fp32."""
     model = xpert.add_lora(tiny_model(dtype=torch.float16), rank=4)
     _prune_block0(model)
     model.train()
@@ -277,28 +300,32 @@ def test_fp16_base_adamw_steps_are_finite():
 
 
 def test_add_lora_adapts_the_seven_projections_only():
-    """docs/paper.md §2: the seven projections of every block get adapters; embeddings, norms and lm_head are never
-    adapted, never trained, and the prune event leaves them bit-identical."""
+    """docs/paper.md §2: the seven projections of every block get adapters; embeddings, norms and
+    lm_head are never adapted, never trained, and the prune event leaves them bit-identical."""
     model = tiny_model(seed=5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     xpert.add_lora(model, rank=2)
     adapted = {n for n, _ in xpert.lora_layers(model)}
-    assert adapted == {f"model.layers.{b}.{p}" for b in range(len(model.model.layers)) for p in PROJECTIONS}
+    assert adapted == {f"model.layers.{b}.{p}" for b in range(len(model.model.layers))
+                       for p in PROJECTIONS}
     wrapped = [n for n, m in model.named_modules() if isinstance(m, xpert.LoRALinear)]
     assert sorted(wrapped) == sorted(adapted)  # nothing else (lm_head, embeddings) is wrapped
     params = xpert.lora_parameters(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"{n}.lora_{x}" for n in adapted for x in "AB"} and len(params) == 2 * len(adapted)
+    assert (trainable == {f"{n}.lora_{x}" for n in adapted for x in "AB"}
+            and len(params) == 2 * len(adapted))
     ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
     xpert.prune_event(model, ids, xpert.PruneConfig(0.5), progress=False)
     after = model.state_dict()
-    for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight"):
+    for k in ("model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+              "model.layers.0.input_layernorm.weight"):
         assert torch.equal(after[k], before[k]), k
 
 
 def test_bf16_base_adapter_gradients_are_formed_in_fp32():
-    """With a bf16 base, the masked path's dA and dB equal float64 autograd on the same bf16 values to
-    fp32 precision (G = dYᵀX is formed in the adapter dtype, as PEFT does; in bf16 it carried ~2e-3)."""
+    """With a bf16 base, the masked path's dA and dB equal float64 autograd on the same bf16 values
+    to fp32 precision (G = dYᵀX is formed in the adapter dtype, as PEFT does; in bf16 it carried
+    ~2e-3)."""
     g = torch.Generator().manual_seed(4)
     m, n, r, N = 48, 64, 4, 96
     base = nn.Linear(n, m, bias=False).to(torch.bfloat16)

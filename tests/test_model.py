@@ -23,19 +23,22 @@ from fileio import gguf_convert as G  # noqa: E402
 from fileio import hf as H  # noqa: E402
 
 ASSETS = os.environ.get("XPERT_ASSETS") or os.path.join(ROOT, "..", "shared", "assets")
-STORIES = os.path.join(ROOT, "assets", "models", "stories260K")  # committed (MIT), the same as ../shared's
+# committed (MIT), the same as ../shared's
+STORIES = os.path.join(ROOT, "assets", "models", "stories260K")
 slow = pytest.mark.slow  # the default-model tests: tens of seconds, still part of the normal run
 
 
 def transformers():
-    return pytest.importorskip("transformers", reason="transformers is the test oracle (pip install transformers)")
+    return pytest.importorskip("transformers",
+                               reason="transformers is the test oracle (pip install transformers)")
 
 
 # -----------------------------------------------------------------------------
 # tiny random Llamas that transformers itself creates and saves
 
-TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=64, initializer_range=0.2, bos_token_id=1, eos_token_id=None, pad_token_id=0)
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=64, initializer_range=0.2,
+            bos_token_id=1, eos_token_id=None, pad_token_id=0)
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}
 CASES = {  # name: (config overrides, how it is saved)
@@ -43,7 +46,8 @@ CASES = {  # name: (config overrides, how it is saved)
     "gqa_untied_theta": (dict(num_key_value_heads=2, rope_theta=500000.0), "sharded"),
     "mqa_tied_llama3_headdim": (dict(num_key_value_heads=1, head_dim=16, tie_word_embeddings=True,
                                      rope_scaling=LLAMA3), "bin"),
-    "gqa_untied_llama3_headdim": (dict(num_key_value_heads=2, head_dim=12, rope_scaling=LLAMA3), "sharded_bin"),
+    "gqa_untied_llama3_headdim": (dict(num_key_value_heads=2, head_dim=12, rope_scaling=LLAMA3),
+                                  "sharded_bin"),
     "mha_untied": (dict(num_key_value_heads=4), "sharded"),
 }
 
@@ -57,7 +61,9 @@ def make_hf(path, overrides, how="safetensors", seed=0):
     elif how == "sharded":
         hf.save_pretrained(path, max_shard_size="20KB")
         assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
-    else:  # transformers >= 5 writes only safetensors: write the (sharded) pytorch_model.bin layout it used to
+    # transformers >= 5 writes only safetensors: write the (sharded) pytorch_model.bin layout it
+    # used to
+    else:
         hf.save_pretrained(path)
         for f in os.listdir(path):
             if f.startswith("model.safetensors"):
@@ -108,7 +114,8 @@ def test_cache_logits_match_full_forward(tmp_path):
     caches = [[None, None] for _ in ours.model.layers]
     with torch.no_grad():
         full = ours(idx)
-        part = torch.cat([ours(idx[:, :5], caches=caches), ours(idx[:, 5:7], caches=caches, start=5),
+        part = torch.cat([ours(idx[:, :5], caches=caches),
+                          ours(idx[:, 5:7], caches=caches, start=5),
                           ours(idx[:, 7:], caches=caches, start=7)], 1)
     assert (full - part).abs().max().item() < 1e-5
 
@@ -122,7 +129,8 @@ def test_save_pretrained_round_trip(tied, tmp_path):
     make_hf(tmp_path / "src", dict(num_key_value_heads=2, tie_word_embeddings=tied))
     ours = M.LLaMA.from_pretrained(tmp_path / "src")
     ours.save_pretrained(tmp_path / "out")
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]  # no temp folder left behind
+    # no temp folder left behind
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
     idx = torch.randint(3, 97, (1, 11), generator=torch.Generator().manual_seed(3))
     hf = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     again = M.LLaMA.from_pretrained(tmp_path / "out")
@@ -145,21 +153,24 @@ def test_save_pretrained_round_trip(tied, tmp_path):
     # saving over an existing folder replaces it whole
     b16.save_pretrained(tmp_path / "out")
     assert M.LLaMA.from_pretrained(tmp_path / "out").model.norm.weight.dtype == torch.float32
-    assert H.read_safetensors(tmp_path / "out" / "model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
+    assert (H.read_safetensors(tmp_path / "out" / "model.safetensors")["model.norm.weight"].dtype
+            == torch.bfloat16)
 
 
 # -----------------------------------------------------------------------------
 # own safetensors reader/writer vs the safetensors package
 
 def test_safetensors_matches_package(tmp_path):
-    st = pytest.importorskip("safetensors.torch", reason="the safetensors package is the reference here")
+    st = pytest.importorskip("safetensors.torch",
+                             reason="the safetensors package is the reference here")
     g = torch.Generator().manual_seed(0)
     tensors = {"b.f32": torch.randn(3, 5, generator=g), "a.f16": torch.randn(7, generator=g).half(),
                "c.bf16": torch.randn(2, 2, 3, generator=g).bfloat16(), "scalar": torch.tensor(1.5),
                "empty": torch.zeros(0, 4), "z.bf16": torch.randn(1, generator=g).bfloat16()}
     H.write_safetensors(tmp_path / "ours.safetensors", tensors)
     st.save_file(tensors, str(tmp_path / "ref.safetensors"), metadata={"format": "pt"})
-    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert ((tmp_path / "ours.safetensors").read_bytes()
+            == (tmp_path / "ref.safetensors").read_bytes())
     for reader in (H.read_safetensors, st.load_file):
         for f in ("ours.safetensors", "ref.safetensors"):
             got = reader(str(tmp_path / f))
@@ -223,9 +234,13 @@ def bad_folders(tmp):
 
 
 def test_refuses_what_it_would_compute_wrongly(tmp_path):
-    # a mistral with a sliding window (we attend to the whole context) and a llama3 rope_scaling missing a key
-    for name, extra, needle in (("mistral-window", dict(model_type="mistral", sliding_window=16), "sliding_window 16"),
-                                ("llama3-keys", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "low_freq_factor")):
+    # a mistral with a sliding window (we attend to the whole context) and a llama3 rope_scaling
+    # missing a key
+    for name, extra, needle in (("mistral-window", dict(model_type="mistral", sliding_window=16),
+                                 "sliding_window 16"),
+                                ("llama3-keys",
+                                 dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+                                 "low_freq_factor")):
         make_hf(tmp_path / name, dict(num_key_value_heads=2))
         cfg = json.load(open(tmp_path / name / "config.json"))
         cfg.update(extra)
@@ -233,7 +248,8 @@ def test_refuses_what_it_would_compute_wrongly(tmp_path):
         with pytest.raises(M.ModelError) as e:
             M.LLaMA.from_pretrained(tmp_path / name)
         assert needle in str(e.value) and "config.json" in str(e.value), str(e.value)
-    cfg.update(model_type="mistral", sliding_window=None, rope_scaling=None)  # no window: a plain LLaMA
+    # no window: a plain LLaMA
+    cfg.update(model_type="mistral", sliding_window=None, rope_scaling=None)
     json.dump(cfg, open(tmp_path / name / "config.json", "w"))
     M.LLaMA.from_pretrained(tmp_path / name)
 
@@ -248,11 +264,13 @@ def test_sampling_top_k_one_is_greedy_and_samples_stay_in_top_k(tmp_path):
         assert torch.equal(ours.generate(idx, 12, temperature=1.3, top_k=1), greedy)
         torch.manual_seed(0)
         sampled = ours.generate(idx, 12, temperature=1.0, top_k=3)
-        logits = ours(sampled[:, :-1])  # (B, T-1, vocab): the distribution each new token was drawn from
+        # (B, T-1, vocab): the distribution each new token was drawn from
+        logits = ours(sampled[:, :-1])
     for t in range(idx.shape[1], sampled.shape[1]):
         top3 = logits[:, t - 1].topk(3).indices  # (B, 3)
         assert (top3 == sampled[:, t:t + 1]).any(1).all(), t
-    assert not torch.equal(sampled, greedy)  # temperature 1, top-3 over 12 tokens: some draw is not the argmax
+    # temperature 1, top-3 over 12 tokens: some draw is not the argmax
+    assert not torch.equal(sampled, greedy)
 
 
 def test_bad_input_raises_model_error(tmp_path):
@@ -260,17 +278,19 @@ def test_bad_input_raises_model_error(tmp_path):
         with pytest.raises(M.ModelError) as e:
             M.LLaMA.from_pretrained(path)
         assert needle in str(e.value), (what, str(e.value))
-        assert path in str(e.value) or what == "missing key" or what == "mis-shaped tensor", (what, str(e.value))
+        assert (path in str(e.value) or what == "missing key"
+                or what == "mis-shaped tensor"), (what, str(e.value))
 
 
 def test_cli_bad_input_one_line_exit_2(tmp_path):
     folders = bad_folders(str(tmp_path))
     for what in ("missing folder", "missing weights", "non-LLaMA config", "mis-shaped tensor"):
         path, needle = folders[what]
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), "--model", path, "--max-new-tokens", "2"],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), "--model", path,
+                            "--max-new-tokens", "2"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, (what, r.stderr)
-        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (what, r.stderr)
+        assert ("Traceback" not in r.stderr
+                and len(r.stderr.strip().splitlines()) == 1), (what, r.stderr)
         assert needle in r.stderr, (what, r.stderr)
 
 
@@ -278,7 +298,8 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
 # stories260K: a real pretrained LLaMA (GQA, sentencepiece) from ../shared/assets
 
 needs_stories = pytest.mark.skipif(not os.path.exists(os.path.join(STORIES, "config.json")),
-                                   reason=f"stories260K not found at {STORIES} (set XPERT_ASSETS to ../shared/assets)")
+                                   reason=f"stories260K not found at {STORIES} (set XPERT_ASSETS "
+                                          "to ../shared/assets)")
 
 
 @needs_stories
@@ -296,25 +317,29 @@ def test_stories_greedy_matches_reference():
 def test_stories_tokenizer():
     tok = M.Tokenizer(STORIES)
     assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (1, 2, 512)
-    texts = ["Once upon a time, there was a little girl named Lily.", "Tom said: \"I like 3 big dogs!\"",
-             "  two  spaces\nand a newline", "héllo"]
+    texts = ["Once upon a time, there was a little girl named Lily.",
+             "Tom said: \"I like 3 big dogs!\"", "  two  spaces\nand a newline", "héllo"]
     for t in texts:
         ids = tok.encode(t)
         assert ids[0] == 1 and tok.encode(t, bos=False) == ids[1:]
-        # this sentencepiece model collapses whitespace runs (its normalizer), so compare modulo that
+        # this sentencepiece model collapses whitespace runs (its normalizer), so compare modulo
+        # that
         assert tok.decode(ids) == " ".join(t.split(" ")).replace("  ", " ").strip(" ")
     tf = transformers()
     try:
         ref = tf.AutoTokenizer.from_pretrained(STORIES)
     except Exception as e:  # e.g. a converter needing a package that is not installed
-        pytest.skip(f"transformers cannot load the stories260K tokenizer here: {type(e).__name__}: {e}")
+        pytest.skip(f"transformers cannot load the stories260K tokenizer here: {type(e).__name__}: "
+                    f"{e}")
     # transformers >= 5 rebuilds this tokenizer for the `tokenizers` library without sentencepiece's
-    # remove_extra_whitespaces normalizer, so on whitespace runs it differs from sentencepiece itself (which
-    # llama2.c and we follow); everywhere else the ids must agree
-    for t in texts + ["Lily and Ben went to the park. They saw a big, red ball!", "Hello\nworld 123"]:
+    # remove_extra_whitespaces normalizer, so on whitespace runs it differs from sentencepiece
+    # itself (which llama2.c and we follow); everywhere else the ids must agree
+    for t in texts + ["Lily and Ben went to the park. They saw a big, red ball!",
+                      "Hello\nworld 123"]:
         if "  " not in t:
             assert tok.encode(t) == ref(t)["input_ids"], t
-    # the tokenizer files save_pretrained copies into an expert folder load in transformers with the same ids
+    # the tokenizer files save_pretrained copies into an expert folder load in transformers with the
+    # same ids
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         M.LLaMA.from_pretrained(STORIES).save_pretrained(d)
@@ -325,7 +350,8 @@ def test_stories_tokenizer():
 
 
 # -----------------------------------------------------------------------------
-# GGUF conversion on a tiny file written here (fast; checks the q/k un-permutation against ground truth)
+# GGUF conversion on a tiny file written here (fast; checks the q/k un-permutation against ground
+# truth)
 
 def write_tiny_gguf(path, hf, quantize_up=True):
     import gguf
@@ -333,7 +359,8 @@ def write_tiny_gguf(path, hf, quantize_up=True):
     sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
 
     def permute(w, n_head):  # what llama.cpp's convert_hf_to_gguf.py does to q/k rows
-        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+                .swapaxes(1, 2).reshape(w.shape))
 
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(c.num_hidden_layers)
@@ -365,8 +392,8 @@ def write_tiny_gguf(path, hf, quantize_up=True):
             i, rest = k.split(".")[2], ".".join(k.split(".")[3:-1])
             name = f"blk.{i}.{names[rest]}.weight"
         else:
-            name = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                    "lm_head.weight": "output.weight"}[k]
+            name = {"model.embed_tokens.weight": "token_embd.weight",
+                    "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}[k]
         if ".attn_q." in name:
             v = permute(v, c.num_attention_heads)
         if ".attn_k." in name:
@@ -385,7 +412,8 @@ def write_tiny_gguf(path, hf, quantize_up=True):
 
 def bytes_to_unicode():
     # GPT-2's byte -> printable character table (the alphabet of byte-level BPE)
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -398,14 +426,16 @@ def bytes_to_unicode():
 def test_convert_tiny_gguf(tmp_path):
     tf = transformers()
     torch.manual_seed(0)
-    hf = tf.LlamaForCausalLM(tf.LlamaConfig(**{**TINY, "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96,
-                                               "num_attention_heads": 4, "num_key_value_heads": 2,
-                                               "rope_theta": 100000.0, "rms_norm_eps": 1e-5})).eval()
+    hf = tf.LlamaForCausalLM(tf.LlamaConfig(**{**TINY, "vocab_size": 300, "hidden_size": 64,
+                                               "intermediate_size": 96, "num_attention_heads": 4,
+                                               "num_key_value_heads": 2, "rope_theta": 100000.0,
+                                               "rms_norm_eps": 1e-5})).eval()
     write_tiny_gguf(tmp_path / "tiny.gguf", hf)
     out = G.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "conv"))
     ours = M.LLaMA.from_pretrained(out)
     cfg = ours.config
-    assert (cfg.num_key_value_heads, cfg.rope_theta, cfg.rms_norm_eps, cfg.tie_word_embeddings) == (2, 1e5, 1e-5, False)
+    assert ((cfg.num_key_value_heads, cfg.rope_theta, cfg.rms_norm_eps, cfg.tie_word_embeddings)
+            == (2, 1e5, 1e-5, False))
     ref = hf.state_dict()
     for k, v in ours.state_dict().items():
         if "up_proj" in k:  # Q8_0: within one quantization step of the original
@@ -413,13 +443,14 @@ def test_convert_tiny_gguf(tmp_path):
         else:  # F32: exact, so the q/k rows are back in Hugging Face order
             assert torch.equal(v, ref[k]), k
     tok = M.Tokenizer(out)
-    assert tok.encode("the 2024<|im_start|>") == [tok.tok.token_to_id(t) for t in
-                                                   ["t", "he", "Ġ", "2", "0", "2", "4", "<|im_start|>"]]
+    assert tok.encode("the 2024<|im_start|>") == [
+        tok.tok.token_to_id(t) for t in ["t", "he", "Ġ", "2", "0", "2", "4", "<|im_start|>"]]
     assert tok.decode(tok.encode("héllo  the\n x")) == "héllo  the\n x"
     assert (tok.bos_id, tok.eos_id) == (1, 0)
     # transformers' own GGUF loader (needs accelerate) reads the same file to the same numbers
     pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
-    hg = tf.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32)
+    hg = tf.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf",
+                                                 dtype=torch.float32)
     for k, v in ours.state_dict().items():
         assert torch.equal(v, hg.state_dict()[k]), k
 
@@ -438,8 +469,8 @@ def test_convert_is_atomic(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "cache") == []  # neither the folder nor a temp folder is left
     monkeypatch.undo()
     G.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "cache" / "conv"))
-    assert sorted(os.listdir(tmp_path / "cache" / "conv")) == ["config.json", "model.safetensors", "tokenizer.json",
-                                                                "tokenizer_config.json"]
+    assert sorted(os.listdir(tmp_path / "cache" / "conv")) == [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 
 
 # -----------------------------------------------------------------------------
@@ -460,17 +491,20 @@ def smol(smol_dir):
 
 
 SMOL_TEXTS = ["The capital of France is", "In 2024, 12,345 people paid $3.50 (or 1e-5%)!",
-              "  leading spaces,\ttabs\t\tand\n\n\nnewlines   ", "héllo wörld — naïve café, 日本語のテキスト 🙂👍🏽",
-              "def f(x):\n    return {'a': x ** 2}  # comment\n", "<|im_start|>user\nHi there<|im_end|>\n",
-              "", " ", "don't won't it's WE'LL", "ünïcödé\u00a0nbsp\u200bzero-width"]
+              "  leading spaces,\ttabs\t\tand\n\n\nnewlines   ",
+              "héllo wörld — naïve café, 日本語のテキスト 🙂👍🏽",
+              "def f(x):\n    return {'a': x ** 2}  # comment\n",
+              "<|im_start|>user\nHi there<|im_end|>\n", "", " ", "don't won't it's WE'LL",
+              "ünïcödé\u00a0nbsp\u200bzero-width"]
 
 
 @slow
 def test_default_model_config(smol_dir, smol):
     c = smol.config
-    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == \
-        (30, 576, 9, 3, 49152)
-    assert (c.rope_theta, c.tie_word_embeddings, c.bos_token_id, c.eos_token_id) == (100000.0, True, 1, 2)
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+            c.vocab_size) == (30, 576, 9, 3, 49152)
+    assert ((c.rope_theta, c.tie_word_embeddings, c.bos_token_id, c.eos_token_id)
+            == (100000.0, True, 1, 2))
     tcfg = json.load(open(os.path.join(smol_dir, "tokenizer_config.json")))
     assert tcfg["add_bos_token"] is False and tcfg["eos_token"] == "<|im_end|>"
     assert G.default_model_dir() == smol_dir  # cached: the second call converts nothing
@@ -481,7 +515,8 @@ def test_default_model_logits_match_transformers(smol_dir, smol):
     tf = transformers()
     hf = tf.AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
     tok = M.Tokenizer(smol_dir)
-    idx = torch.tensor([tok.encode("The capital of France is Paris. The capital of Germany is Berlin, and")] * 2)
+    idx = torch.tensor([tok.encode("The capital of France is Paris. The capital of Germany is "
+                                   "Berlin, and")] * 2)
     with torch.no_grad():
         diff = (smol(idx) - hf(idx).logits).abs().max().item()
     assert diff < 1e-4, diff  # measured: ~1e-5 or below (fp32, 30 layers)
@@ -492,24 +527,27 @@ def test_default_tokenizer_matches_transformers(smol_dir):
     tf = transformers()
     tok = M.Tokenizer(smol_dir)
     assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (1, 2, 49152)
-    # two references: transformers on our converted tokenizer.json, and — independent of our conversion —
-    # transformers' own tokenizer built from the GGUF metadata (the requirements install what it needs)
+    # two references: transformers on our converted tokenizer.json, and — independent of our
+    # conversion — transformers' own tokenizer built from the GGUF metadata (the requirements
+    # install what it needs)
     refs = [tf.AutoTokenizer.from_pretrained(smol_dir),
-            tf.AutoTokenizer.from_pretrained(os.path.dirname(G.default_gguf_file()), gguf_file=G.DEFAULT_GGUF)]
+            tf.AutoTokenizer.from_pretrained(os.path.dirname(G.default_gguf_file()),
+                                             gguf_file=G.DEFAULT_GGUF)]
     for t in SMOL_TEXTS:
         ids = tok.encode(t)
         for ref in refs:
             assert ids == ref(t)["input_ids"], (t, type(ref))
         assert tok.decode(ids) == t.replace("<|im_start|>", "").replace("<|im_end|>", "")
-    assert tok.encode("<|im_start|>")[0] == 1 and tok.encode("2024") == [34, 32, 34, 36]  # special whole, digits single
+    # special whole, digits single
+    assert tok.encode("<|im_start|>")[0] == 1 and tok.encode("2024") == [34, 32, 34, 36]
 
 
 @slow
 def test_default_weights_match_transformers_gguf_conversion(smol):
     tf = transformers()
     pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
-    hg = tf.AutoModelForCausalLM.from_pretrained(os.path.dirname(G.default_gguf_file()), gguf_file=G.DEFAULT_GGUF,
-                                                 dtype=torch.float32)
+    hg = tf.AutoModelForCausalLM.from_pretrained(os.path.dirname(G.default_gguf_file()),
+                                                 gguf_file=G.DEFAULT_GGUF, dtype=torch.float32)
     ref = hg.state_dict()
     ours = smol.state_dict()
     assert set(ours) == set(ref)
@@ -527,7 +565,8 @@ def test_default_model_knows_paris(smol_dir, smol):
 
 @slow
 def test_cli_default_model(smol_dir):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), "--prompt", "The capital of France is",
-                        "--max-new-tokens", "4", "--temperature", "0"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), "--prompt",
+                        "The capital of France is", "--max-new-tokens", "4", "--temperature", "0"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("The capital of France is") and "Paris" in r.stdout

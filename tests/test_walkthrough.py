@@ -1,5 +1,5 @@
-"""docs/walkthrough.py — one prune event step by step on the committed stories260K — runs, states the exact
-sparsity after the fold and after merge_lora, and writes its figures (issue 14)."""
+"""docs/walkthrough.py — one prune event step by step on the committed stories260K — runs, states
+the exact sparsity after the fold and after merge_lora, and writes its figures (issue 14)."""
 import os
 import re
 import subprocess
@@ -13,14 +13,16 @@ FIGURES = ("walkthrough_scores.png", "walkthrough_mask_rows.png", "walkthrough_m
 
 def test_walkthrough_runs_prints_exact_sparsity_and_writes_figures(tmp_path):
     pytest.importorskip("matplotlib")
-    r = subprocess.run([sys.executable, os.path.join("docs", "walkthrough.py"), "--out", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, os.path.join("docs", "walkthrough.py"), "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r"exact sparsity: (\d+)/(\d+) projections have exactly floor\(p·m·n\) zeros after the fold, "
-                  r"(\d+)/(\d+) after merge_lora", r.stdout)
+    m = re.search(r"exact sparsity: (\d+)/(\d+) projections have exactly floor\(p·m·n\) zeros "
+                  r"after the fold, (\d+)/(\d+) after merge_lora", r.stdout)
     assert m and m.group(1) == m.group(2) == m.group(3) == m.group(4) == "35", r.stdout
-    assert "max |Δlogits| = 0.0e+00" in r.stdout  # merge keeps the function: the fold already applied everything
-    for step in ("[2] capture", "[3] ForeSight scores", "[4] mask", "[5] update", "[7] the whole event"):
+    # merge keeps the function: the fold already applied everything
+    assert "max |Δlogits| = 0.0e+00" in r.stdout
+    for step in ("[2] capture", "[3] ForeSight scores", "[4] mask", "[5] update",
+                 "[7] the whole event"):
         assert step in r.stdout
     for name in FIGURES:
         path = tmp_path / name

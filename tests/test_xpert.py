@@ -1,5 +1,6 @@
 """Tests of xpert.py: every test checks the method's math against an independent computation
-(docs/paper.md sections cited). Real-model tests read ../shared/assets (or $XPERT_ASSETS) and skip without it."""
+(docs/paper.md sections cited). Real-model tests read ../shared/assets (or $XPERT_ASSETS) and skip
+without it."""
 import copy
 import io
 import math
@@ -20,7 +21,8 @@ from model import PROJECTIONS, LLaMA, LlamaConfig  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(ROOT, "assets", "models", "stories260K")  # committed (MIT)
 needs_stories = pytest.mark.skipif(not os.path.exists(os.path.join(STORIES, "model.safetensors")),
-                                   reason=f"real test model not found at {STORIES} (set XPERT_ASSETS)")
+                                   reason=f"real test model not found at {STORIES} (set "
+                                          "XPERT_ASSETS)")
 
 
 def tiny_model(seed=0, layers=2, dtype=torch.float32):
@@ -88,9 +90,11 @@ def test_capture_matches_direct_computation():
         with xpert.Capture(block, gram=True) as cap:
             for xb in x.split(2):  # three calibration batches
                 block(xb, cos, sin)
-        ref = manual_projection_inputs(block, x, cos, sin, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
-    src = {"self_attn.q_proj": "q", "self_attn.k_proj": "q", "self_attn.v_proj": "q", "self_attn.o_proj": "o",
-           "mlp.gate_proj": "gate", "mlp.up_proj": "gate", "mlp.down_proj": "down"}
+        ref = manual_projection_inputs(block, x, cos, sin, cfg.num_attention_heads,
+                                       cfg.num_key_value_heads, cfg.head_dim)
+    src = {"self_attn.q_proj": "q", "self_attn.k_proj": "q", "self_attn.v_proj": "q",
+           "self_attn.o_proj": "o", "mlp.gate_proj": "gate", "mlp.up_proj": "gate",
+           "mlp.down_proj": "down"}
     for proj in PROJECTIONS:
         X = ref[src[proj]].reshape(-1, ref[src[proj]].shape[-1]).double()
         st = cap.stats[proj]
@@ -123,7 +127,8 @@ def test_capture_removes_hooks_after_exception():
 # ----------------------------------------------------------------------------- ForeSight (§4)
 
 def test_foresight_equals_bruteforce_output_change():
-    """docs/paper.md §4.1: on Z = X Uᵀ U₂ᵀ, zeroing U[j, c] alone changes Z by exactly s[j, c] (squared)."""
+    """docs/paper.md §4.1: on Z = X Uᵀ U₂ᵀ, zeroing U[j, c] alone changes Z by exactly s[j, c]
+    (squared)."""
     g = torch.Generator().manual_seed(0)
     N, n, m, k = 20, 7, 5, 6
     X = correlated(N, n)
@@ -155,33 +160,43 @@ def test_consumer_energy_matches_loops_on_gqa_block():
         blk = model.model.layers[b]
         nxt = model.model.layers[1] if b == 0 else (model.model.norm, model.lm_head)
         e = xpert.consumer_energy(blk, nxt, H, KV, hd)
-        Uq, Uk, Uo = U(blk, "self_attn.q_proj"), U(blk, "self_attn.k_proj"), U(blk, "self_attn.o_proj")
+        Uq, Uk, Uo = (U(blk, "self_attn.q_proj"), U(blk, "self_attn.k_proj"),
+                      U(blk, "self_attn.o_proj"))
         Ug, Uu, Ud = U(blk, "mlp.gate_proj"), U(blk, "mlp.up_proj"), U(blk, "mlp.down_proj")
-        ref = {p: torch.zeros(xpert.get_sub(blk, p).out_features, dtype=torch.float64) for p in PROJECTIONS}
+        ref = {p: torch.zeros(xpert.get_sub(blk, p).out_features, dtype=torch.float64)
+               for p in PROJECTIONS}
         for h in range(H):
             for d in range(hd):
                 g = h // rep  # the KV group of query head h
-                ref["self_attn.q_proj"][h * hd + d] = sum(Uk[g * hd + d, c] ** 2 for c in range(Uk.shape[1]))
-                ref["self_attn.k_proj"][g * hd + d] += sum(Uq[h * hd + d, c] ** 2 for c in range(Uq.shape[1]))
-                ref["self_attn.v_proj"][g * hd + d] += sum(Uo[i, h * hd + d] ** 2 for i in range(Uo.shape[0]))
+                ref["self_attn.q_proj"][h * hd + d] = sum(Uk[g * hd + d, c] ** 2
+                                                          for c in range(Uk.shape[1]))
+                ref["self_attn.k_proj"][g * hd + d] += sum(Uq[h * hd + d, c] ** 2
+                                                           for c in range(Uq.shape[1]))
+                ref["self_attn.v_proj"][g * hd + d] += sum(Uo[i, h * hd + d] ** 2
+                                                           for i in range(Uo.shape[0]))
         gp = blk.post_attention_layernorm.weight.detach().double()
         for j in range(cfg.hidden_size):
-            ref["self_attn.o_proj"][j] = gp[j] ** 2 * sum(Ug[i, j] ** 2 + Uu[i, j] ** 2 for i in range(Ug.shape[0]))
+            ref["self_attn.o_proj"][j] = gp[j] ** 2 * sum(Ug[i, j] ** 2 + Uu[i, j] ** 2
+                                                          for i in range(Ug.shape[0]))
         for j in range(cfg.intermediate_size):
-            ref["mlp.gate_proj"][j] = ref["mlp.up_proj"][j] = sum(Ud[i, j] ** 2 for i in range(Ud.shape[0]))
+            ref["mlp.gate_proj"][j] = ref["mlp.up_proj"][j] = sum(Ud[i, j] ** 2
+                                                                  for i in range(Ud.shape[0]))
         if b == 0:
             gamma = nxt.input_layernorm.weight.detach().double()
-            readers = [U(nxt, p) for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")]
+            readers = [U(nxt, p)
+                       for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")]
         else:
             gamma = model.model.norm.weight.detach().double()
             readers = [model.lm_head.weight.detach().double()]
         for j in range(cfg.hidden_size):
-            ref["mlp.down_proj"][j] = gamma[j] ** 2 * sum(R[i, j] ** 2 for R in readers for i in range(R.shape[0]))
+            ref["mlp.down_proj"][j] = gamma[j] ** 2 * sum(R[i, j] ** 2 for R in readers
+                                                          for i in range(R.shape[0]))
         for p in PROJECTIONS:
             torch.testing.assert_close(e[p].double(), ref[p], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("group,nm", [("out", None), ("in", None), ("layer", None), ("out", (2, 4)), ("out", (1, 4))])
+@pytest.mark.parametrize("group,nm", [("out", None), ("in", None), ("layer", None), ("out", (2, 4)),
+                                      ("out", (1, 4))])
 def test_select_mask_exact_counts_and_lowest_pruned(group, nm):
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 5, (10, 24), generator=g).float()  # many ties: counts must stay exact
@@ -199,13 +214,15 @@ def test_select_mask_exact_counts_and_lowest_pruned(group, nm):
         assert (~keep).sum() == math.floor(p * 240 + 1e-6)
         assert scores[~keep].max() <= scores[keep].min()
     else:
-        # the matrix loses exactly floor(p·m·n); each group floor or ceil of that share, its lowest scores
+        # the matrix loses exactly floor(p·m·n); each group floor or ceil of that share, its lowest
+        # scores
         total = math.floor(p * 240 + 1e-6)
         per = (~keep).sum(dim)
         assert per.sum() == total
         G = scores.shape[1 - dim]
         assert set(per.tolist()) <= {total // G, total // G + 1}
-        assert (scores.masked_fill(keep, -1).amax(dim) <= scores.masked_fill(~keep, 99).amin(dim)).all()
+        assert (scores.masked_fill(keep, -1).amax(dim)
+                <= scores.masked_fill(~keep, 99).amin(dim)).all()
         # and the extra weights went to the groups whose next-lowest score is smallest (brute force)
         S = scores if dim == 1 else scores.t()  # (G, size)
         k = total // G
@@ -233,11 +250,13 @@ def test_pbs_output_equals_rowwise_lstsq(later, monkeypatch):
     """§5.1: the target is the whole change D = U⊙M_old − U⊙M (= R = U⊙(1−M) at a first event); at a
     later event D is non-zero on the revived columns too."""
     X, U, A, M = _pbs_problem()
-    M_old = torch.rand(M.shape, generator=torch.Generator().manual_seed(5)) > 0.4 if later else torch.ones_like(M)
+    M_old = (torch.rand(M.shape, generator=torch.Generator().manual_seed(5)) > 0.4 if later
+             else torch.ones_like(M))
     M_old[0] = M[0]  # row 0: the same mask, nothing to compensate
     D = xpert.MaskChange(U, M_old, M).whole_change()
     assert later or torch.equal(D, U * ~M)
-    assert not later or (D * M).abs().sum() > 0  # revived weights (kept now, pruned before) are in D
+    # revived weights (kept now, pruned before) are in D
+    assert not later or (D * M).abs().sum() > 0
     s, lam = 2.0, 1e-1
     monkeypatch.setattr(xpert, "PBS_CHUNK", 4 * A.shape[0] * A.shape[1])  # rows in chunks of 4
     dB = xpert.pbs_output(D, A, M, X.T @ X, s, lam=lam, lam_relative=False)
@@ -276,7 +295,8 @@ def test_pbs_diag_equals_minimiser_of_its_objective():
     dB = xpert.pbs_diag(Ut, A, g, s, lam=lam, lam_relative=False)
     r = A.shape[0]
     for i in range(U.shape[0]):  # min Σ_c g_c (ũ_ic + s·δ·a_c)² + λ‖δ‖² as a weighted lstsq
-        design = torch.cat([g.sqrt()[:, None] * s * A.T, math.sqrt(lam) * torch.eye(r, dtype=X.dtype)])
+        design = torch.cat([g.sqrt()[:, None] * s * A.T,
+                            math.sqrt(lam) * torch.eye(r, dtype=X.dtype)])
         target = torch.cat([-g.sqrt() * Ut[i], torch.zeros(r, dtype=X.dtype)])
         sol = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
         torch.testing.assert_close(dB[i], sol, rtol=1e-8, atol=1e-10)
@@ -288,7 +308,8 @@ def test_pca_A_spans_top_eigenvectors():
     A = xpert.pca_A(H, 3)
     vals, vecs = torch.linalg.eigh(H)
     top = vecs[:, -3:]
-    torch.testing.assert_close(A @ A.T, torch.eye(3, dtype=H.dtype) / 3)  # orthogonal rows, norm 1/√3
+    # orthogonal rows, norm 1/√3
+    torch.testing.assert_close(A @ A.T, torch.eye(3, dtype=H.dtype) / 3)
     torch.testing.assert_close((A.T @ A) * 3, top @ top.T)  # the same subspace
 
 
@@ -332,10 +353,10 @@ def test_sparsegpt_at_zero_sparsity_keeps_weights():
 
 
 def obs_fixed_mask_reference(W, H, keep, add=None, percdamp=0.01):
-    """Textbook OBS with a given mask, row by row and column by column, inverting H over the columns still
-    free at every step (no Cholesky, no blocks): moving column i by δ (−w_i if pruned, add_i if a value
-    enters there) moves the free columns j ≥ i by δ·[H_F⁻¹]_{0j} / [H_F⁻¹]_{00}, F = {i, ..., n−1}
-    (Frantar & Alistarh 2023, Eq. 3 applied in order)."""
+    """Textbook OBS with a given mask, row by row and column by column, inverting H over the columns
+    still free at every step (no Cholesky, no blocks): moving column i by δ (−w_i if pruned, add_i
+    if a value enters there) moves the free columns j ≥ i by δ·[H_F⁻¹]_{0j} / [H_F⁻¹]_{00}, F = {i,
+    ..., n−1} (Frantar & Alistarh 2023, Eq. 3 applied in order)."""
     H = H.clone()
     H.diagonal().add_(percdamp * H.diagonal().mean())
     W, add = W.clone(), torch.zeros_like(W) if add is None else add
@@ -350,8 +371,8 @@ def obs_fixed_mask_reference(W, H, keep, add=None, percdamp=0.01):
 
 
 def block0_grams(model, ids):
-    """XᵀX of block 0's projections (float64), captured on a copy in eval mode (no dropout, as prune_event):
-    the one block whose inputs are the same whatever an event does to the weights."""
+    """XᵀX of block 0's projections (float64), captured on a copy in eval mode (no dropout, as
+    prune_event): the one block whose inputs are the same whatever an event does to the weights."""
     b, _, st = next(xpert.sequential_blocks(copy.deepcopy(model).eval(), ids, gram=True))
     assert b == 0
     return {p: st[p].gram.double() for p in PROJECTIONS}
@@ -371,9 +392,11 @@ def test_sparsegpt_with_a_given_mask_is_sequential_obs(monkeypatch):
     got, k2 = xpert.sparsegpt_prune(W, H, 0.4, keep=keep)
     assert torch.equal(k2, keep) and (got[~keep] == 0).all()
     torch.testing.assert_close(got, obs_fixed_mask_reference(W, H, keep), rtol=1e-9, atol=1e-10)
-    add = torch.randn(m, n, generator=g, dtype=torch.float64) * (torch.rand(m, n, generator=g) > 0.8) * keep
+    add = (torch.randn(m, n, generator=g, dtype=torch.float64)
+           * (torch.rand(m, n, generator=g) > 0.8) * keep)
     got_add, _ = xpert.sparsegpt_prune(W, H, None, keep=keep, add=add)
-    torch.testing.assert_close(got_add, obs_fixed_mask_reference(W, H, keep, add), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(got_add, obs_fixed_mask_reference(W, H, keep, add), rtol=1e-9,
+                               atol=1e-10)
     own, own_keep = xpert.sparsegpt_prune(W, H, 0.4)
     torch.testing.assert_close(xpert.sparsegpt_prune(W, H, 0.4, keep=own_keep)[0], own)
     err = lambda Wh: (((W - Wh) @ X.T) ** 2).sum()  # noqa: E731
@@ -382,8 +405,9 @@ def test_sparsegpt_with_a_given_mask_is_sequential_obs(monkeypatch):
 
 
 def test_pbs_sparsegpt_event_is_sparsegpt_on_foresights_mask():
-    """update='sparsegpt' at a (non-final) first event: block 0's folded weight is exactly sparsegpt_prune(U, XᵀX, keep=M)
-    for the U the network computed and the mask ForeSight chose; exactly p-sparse; the adapter is reset."""
+    """update='sparsegpt' at a (non-final) first event: block 0's folded weight is exactly
+    sparsegpt_prune(U, XᵀX, keep=M) for the U the network computed and the mask ForeSight chose;
+    exactly p-sparse; the adapter is reset."""
     model = xpert.add_lora(tiny_model(seed=9, dtype=torch.float64), rank=4)
     randomize_adapters(model, seed=5)
     ids = torch.randint(0, 64, (6, 16), generator=torch.Generator().manual_seed(2))
@@ -410,7 +434,8 @@ def test_wanda_oneshot_matches_direct_reference():
             seen, hs = {}, []
             for p in PROJECTIONS:
                 hs.append(xpert.get_sub(block, p).register_forward_hook(
-                    lambda mod, inp, out, p=p: seen.__setitem__(p, inp[0].reshape(-1, inp[0].shape[-1]))))
+                    lambda mod, inp, out, p=p: seen.__setitem__(
+                        p, inp[0].reshape(-1, inp[0].shape[-1]))))
             block(x, cos, sin)
             for h in hs:
                 h.remove()
@@ -434,7 +459,8 @@ def test_oneshot_sparsity_and_wanda_lora(method, tmp_path):
         masks = xpert.prune_oneshot(model, ids, method, 0.5)
     rep = xpert.sparsity_report(model)
     assert rep["overall"] == 0.5 and (t["prune"] > 0) == (method == "sparsegpt")
-    # Wanda→LoRA order (docs/paper.md §6): masked LoRA keeps the pruned base's mask through training and merge
+    # Wanda→LoRA order (docs/paper.md §6): masked LoRA keeps the pruned base's mask through training
+    # and merge
     xpert.add_lora(model, rank=4, masks=masks)
     randomize_adapters(model)
     xpert.merge_lora(model)
@@ -453,47 +479,57 @@ def _check_exact(model, p, group, nm):
         m, n = W.shape
         if nm:
             assert (zeros.view(m, n // nm[1], nm[1]).sum(-1) == nm[0]).all()
-        else:  # every group: the matrix holds exactly floor(p·m·n) zeros, each row/column floor or ceil
+        # every group: the matrix holds exactly floor(p·m·n) zeros, each row/column floor or ceil
+        else:
             assert zeros.sum() == math.floor(p * m * n + 1e-6)
             if group in ("out", "in"):
                 per = zeros.sum(1 if group == "out" else 0)
                 assert per.max() - per.min() <= 1
 
 
-@pytest.mark.parametrize("group,nm,pbs,a_init", [("out", None, "output", "adapter"), ("in", None, "diag", "adapter"),
-                                                 ("layer", None, "output", "pca"), ("out", (2, 4), "none", "adapter"),
-                                                 ("out", None, "sparsegpt", "adapter")])
+@pytest.mark.parametrize("group,nm,pbs,a_init",
+                         [("out", None, "output", "adapter"), ("in", None, "diag", "adapter"),
+                          ("layer", None, "output", "pca"), ("out", (2, 4), "none", "adapter"),
+                          ("out", None, "sparsegpt", "adapter")])
 def test_prune_event_random_gqa_model_exact_sparsity_and_merge(group, nm, pbs, a_init, tmp_path):
     model = tiny_model(seed=7)
     xpert.add_lora(model, rank=4)
     randomize_adapters(model)
     ids = torch.randint(0, 64, (5, 16), generator=torch.Generator().manual_seed(7))
     p = 0.4
-    with phase_timer() as t:  # timed from outside (bench/timing.py): the method carries no timing code
+    # timed from outside (bench/timing.py): the method carries no timing code
+    with phase_timer() as t:
         p = 0.5 if nm else p
         cfg = xpert.PruneConfig(p, group=group, nm=nm, update=pbs, a_init=a_init, batch_size=2)
         state = xpert.prune_event(model, ids, cfg, progress=False)
     assert state["events"] == 1 and min(t.values()) >= 0 and t["capture"] > 0 and t["scoring"] > 0
-    assert t["total"] >= t["capture"] + t["scoring"] + t["pbs"] + t["fold"] - 1e-9  # disjoint spans of it
-    assert (t["pbs"] > 0) == (pbs in ("output", "diag")) and (t["prune"] > 0) == (pbs == "sparsegpt")
-    assert xpert.pbs_output.__name__ == "pbs_output" and xpert.FORESIGHT["eq2"] is xpert.consumer_energy  # unwrapped
+    # disjoint spans of it
+    assert t["total"] >= t["capture"] + t["scoring"] + t["pbs"] + t["fold"] - 1e-9
+    assert ((t["pbs"] > 0) == (pbs in ("output", "diag"))
+            and (t["prune"] > 0) == (pbs == "sparsegpt"))
+    # unwrapped
+    assert (xpert.pbs_output.__name__ == "pbs_output"
+            and xpert.FORESIGHT["eq2"] is xpert.consumer_energy)
     _check_exact(model, p, group, nm)
     assert no_hooks(model) and not model.training
     for _, lin in xpert.lora_layers(model):
         assert lin.lora_B.abs().max() == 0  # adapter reset
     assert torch.isfinite(model(ids)).all()
     rep = xpert.sparsity_report(model)
-    assert rep["zeros"] == sum(int((lin.merged_weight() == 0).sum()) for _, lin in xpert.lora_layers(model))
+    assert rep["zeros"] == sum(int((lin.merged_weight() == 0).sum())
+                               for _, lin in xpert.lora_layers(model))
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("lora_A")}
     xpert.merge_lora(model)  # merge keeps exact sparsity: no densification
     for k, v in model.state_dict().items():
         if k in before and not k.endswith("mask"):
             assert torch.equal(v, before[k]), k
     assert xpert.sparsity_report(model)["overall"] == rep["overall"]
-    assert all(type(xpert.get_sub(blk, p)) is nn.Linear for blk in model.model.layers for p in PROJECTIONS)
+    assert all(type(xpert.get_sub(blk, p)) is nn.Linear for blk in model.model.layers
+               for p in PROJECTIONS)
     model.save_pretrained(tmp_path / "out")
     keys = set(read_safetensors(tmp_path / "out" / "model.safetensors"))
-    assert "model.layers.0.self_attn.q_proj.weight" in keys and not any("lora" in k or "mask" in k for k in keys)
+    assert ("model.layers.0.self_attn.q_proj.weight" in keys
+            and not any("lora" in k or "mask" in k for k in keys))
 
 
 @needs_stories
@@ -520,7 +556,8 @@ def test_prune_event_on_stories260K():
     torch.save(state, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
-    assert loaded["events"] == 1 and all(torch.equal(loaded["scores"][k], v) for k, v in state["scores"].items())
+    assert loaded["events"] == 1 and all(torch.equal(loaded["scores"][k], v)
+                                         for k, v in state["scores"].items())
     first = {k: v.clone() for k, v in state["scores"].items()}
     randomize_adapters(model, seed=2, scale=0.02)  # "training" between events
     twin = copy.deepcopy(model)
@@ -529,9 +566,11 @@ def test_prune_event_on_stories260K():
     s2b = xpert.prune_event(twin, ids, cfg, state=loaded, final=True, progress=False)
     s_new = xpert.prune_event(fresh, ids, cfg, state=None, final=True, progress=False)  # s_2 alone
     assert s2["events"] == 2
-    for k in first:  # score_2 = η·s_2 + (1−η)·score_1 with η = 0.5 — checked on block 0, whose inputs are the
-        # embeddings in both runs: pruned weights now score s·B·A (docs/paper.md §4.4), so `fresh` (s_2 alone) picks other
-        # masks than the EMA run, and from block 1 on the two runs capture different (sequential) inputs
+    # score_2 = η·s_2 + (1−η)·score_1 with η = 0.5 — checked on block 0, whose inputs are the
+    # embeddings in both runs: pruned weights now score s·B·A (docs/paper.md §4.4), so `fresh` (s_2
+    # alone) picks other masks than the EMA run, and from block 1 on the two runs capture different
+    # (sequential) inputs
+    for k in first:
         if k.startswith("model.layers.0."):
             torch.testing.assert_close(s2["scores"][k], 0.5 * s_new["scores"][k] + 0.5 * first[k])
         assert torch.equal(s2["scores"][k], s2b["scores"][k])
