@@ -22,18 +22,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-import argparse
 import json
 import math
 import time
 
 import torch
 
-import data
 import xpert
 from bench.grid import head_commit
-from bench.prune_event import block_inputs, block_stats, rel_err
-from model import LLaMA, PROJECTIONS, Tokenizer
+from bench.prune_event import (block_inputs, block_stats, probe_inputs, probe_parser,
+                               rel_err)
+from model import PROJECTIONS
 
 
 def readings(W, st, e_eq2, e_code, sparsity, deltas):
@@ -83,35 +82,15 @@ def module_error(module, lin, W_hat, inputs, *extra):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", help="a Hugging Face Llama folder (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--domain", default="legal", choices=list(data.DOMAINS))
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--calib-samples", type=int, default=16)
-    p.add_argument("--heldout", type=int, default=8,
-                   help="test-split windows the error is measured on")
-    p.add_argument("--blocks", default="2,14,27")
-    p.add_argument("--sparsities", default="0.4,0.5")
+    p = probe_parser(__doc__)
     p.add_argument("--deltas", default="0.05,0.1,0.2")
-    p.add_argument("--json", help="also write the numbers here")
-    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     t_start = time.time()
-    torch.manual_seed(a.seed)
-    model = LLaMA.from_pretrained(a.model)
-    model.requires_grad_(False)
-    tok = Tokenizer(model.source_dir)
-    splits = data.prepare(domain=a.domain, tokenizer=tok, options=data.SplitOptions(seed=a.seed))
-    calib = data.calib_windows(splits.calib, a.calib_samples, a.seq_len, a.seed)  # (N, T)
-    held = data.windows(splits.test, a.seq_len, a.heldout)  # (W, T), other documents
+    model, calib, held, res = probe_inputs(a)
+    res.update(blocks=a.blocks, layers={})
     cfg, layers = model.config, model.model.layers
     sps = [float(x) for x in a.sparsities.split(",")]
     deltas = [float(x) for x in a.deltas.split(",")]
-    res = {"model": model.source_dir, "domain": a.domain, "blocks": a.blocks,
-           "torch_threads": torch.get_num_threads(),
-           "calibration": f"{len(calib)}×{a.seq_len} tokens of the {a.domain} calib split",
-           "heldout": f"{len(held)}×{a.seq_len} tokens of the {a.domain} test split", "layers": {}}
     print(f"{os.path.basename(model.source_dir)}: calibration {res['calibration']}; error on "
           f"{res['heldout']}")
 

@@ -16,8 +16,8 @@ Part 2 — layer reconstruction error, one-shot on the base weights (no LoRA, no
   ForeSight's score approximates (docs/paper.md §4.1): how much of the change the *next* layer
   actually reads.
 
-    python bench_prune.py                      # legal text, 16×256 calibration, blocks 2,14,27
-    python bench_prune.py --domain health --blocks 0,29 --sparsities 0.5 --json out.json
+    python bench/prune_event.py                # legal text, 16×256 calibration, blocks 2,14,27
+    python bench/prune_event.py --domain health --blocks 0,29 --sparsities 0.5 --json out.json
 """
 import os
 import sys
@@ -120,8 +120,9 @@ def criteria(W, st, e, sparsity, rank, seed):
     return out
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+def probe_parser(doc):
+    """The options of both layer probes (this script and bench/foresight_probe.py), in one place."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", help="a Hugging Face Llama folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--domain", default="legal", choices=list(data.DOMAINS))
@@ -131,24 +132,34 @@ def main():
                    help="test-split windows the error is measured on")
     p.add_argument("--blocks", default="2,14,27", help="blocks for the reconstruction errors")
     p.add_argument("--sparsities", default="0.4,0.5")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--skip-event", action="store_true", help="only part 2")
     p.add_argument("--json", help="also write the numbers here")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    torch.manual_seed(a.seed)
+    return p
 
+
+def probe_inputs(a):
+    """The frozen base model, calibration windows and held-out test windows (other documents), and
+    the record's header saying what they are."""
+    torch.manual_seed(a.seed)
     model = LLaMA.from_pretrained(a.model)
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    model.requires_grad_(False)
     tok = Tokenizer(model.source_dir)
     splits = data.prepare(domain=a.domain, tokenizer=tok, options=data.SplitOptions(seed=a.seed))
     calib = data.calib_windows(splits.calib, a.calib_samples, a.seq_len, a.seed)  # (N, T)
     held = data.windows(splits.test, a.seq_len, a.heldout)  # (W, T), disjoint documents
-    cfg = model.config
     res = {"model": model.source_dir, "domain": a.domain, "torch_threads": torch.get_num_threads(),
            "calibration": f"{len(calib)}×{a.seq_len} tokens of the {a.domain} calib split",
            "heldout": f"{len(held)}×{a.seq_len} tokens of the {a.domain} test split"}
+    return model, calib, held, res
+
+
+def main():
+    p = probe_parser(__doc__)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--skip-event", action="store_true", help="only part 2")
+    a = p.parse_args()
+    model, calib, held, res = probe_inputs(a)
+    cfg = model.config
     print(f"{os.path.basename(model.source_dir)}: {cfg.num_hidden_layers} blocks, "
           f"d={cfg.hidden_size}; calibration {res['calibration']}; error on {res['heldout']}; "
           f"{torch.get_num_threads()} threads")
@@ -168,8 +179,7 @@ def main():
         print(f"  peak RSS during the event {mem.peak:.0f} MB = {mem.base:.0f} MB before + "
               f"{mem.peak - mem.base:.0f} MB")
         model = LLaMA.from_pretrained(a.model)  # part 2 is on the untouched base weights
-        for prm in model.parameters():
-            prm.requires_grad_(False)
+        model.requires_grad_(False)
 
     res["errors"] = {}
     layers = model.model.layers
