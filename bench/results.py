@@ -133,6 +133,7 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     pts = budget_points(records)
+    steps = sorted({x[0] for p in pts.values() for x in p})  # the budgets measured: the ticks
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, (label, p) in enumerate(sorted(pts.items(), key=lambda kv: BUDGET_CELLS.index(kv[0]))):
         style = dict(marker="o", color=f"C{i}", label=label)  # one colour per method, both panels
@@ -146,7 +147,7 @@ def budget_figure(records, base, png=os.path.join(HERE, "docs", "figures", "budg
         b.plot([s for s, _ in ratio], [v for _, v in ratio], "k--", label="dense base")
     for ax, title in ((a, "legal domain test ppl"), (b, "% of dense LoRA (mean of 3 ppl ratios)")):
         ax.set_xscale("log", base=2)
-        ax.set_xticks([24, 48, 96, 192], ["24", "48", "96", "192"])
+        ax.set_xticks(steps, [str(n) for n in steps])
         ax.set_xlabel("training steps (× 4 × 256 tokens)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
@@ -277,15 +278,21 @@ def headline(runs, records):
     return "\n".join(lines) + "\n\n" + "\n".join(words)
 
 
-def blocks():
+def records():
+    """grid.json's cells, the default-run records, and the legal default run's dense base (the
+    budget table's and figure's reference row), read once."""
+    grid_records, runs = load("grid.json") or [], load("default-runs.json")
+    base = next((r["base"] for r in runs or [] if r["name"] == "legal"), None)
+    return grid_records, runs, base
+
+
+def blocks(grid_records, runs, base):
     """[(file, block name, render())] for every block whose record exists; a missing record is
     printed and its block left as it is."""
-    grid_records, runs = load("grid.json") or [], load("default-runs.json")
     answers = next((r["base_pubmedqa_answers"] for r in runs or [] if r["name"] == "health"), None)
     out = [(RESULTS, "results/grid.json",
             lambda: grid.tables([r for r in grid_records if r["domain"] not in GENRE])),
            (RESULTS, "results/genre", lambda: genre_table(grid_records, answers))]
-    base = next((r["base"] for r in runs or [] if r["name"] == "legal"), None)
     out.append((RESULTS, "results/budget", lambda: budget_table(grid_records, base)))
     for name, render in (("default-runs.json", default_runs.table),
                          ("foresight-probe.json", probe_table), ("step-cost.json", step_table),
@@ -305,11 +312,10 @@ def blocks():
 
 
 def main():
-    for path, name, render in blocks():
+    grid_records, runs, base = records()
+    for path, name, render in blocks(grid_records, runs, base):
         grid.replace_block(path, name, render())
         print(f"{os.path.relpath(path, HERE)}: {name} rewritten")
-    grid_records = load("grid.json") or []
-    base = next((r["base"] for r in load("default-runs.json") or [] if r["name"] == "legal"), None)
     if any(r["label"].partition("+")[2] for r in grid_records):
         print(f"figure: {os.path.relpath(budget_figure(grid_records, base), HERE)}")
 

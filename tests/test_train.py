@@ -465,7 +465,7 @@ def test_results_and_readme_tables_are_generated_from_the_records():
     assert records and all(r["command"].startswith("python train.py ") for r in records)
     # measured on the weights
     assert all(abs(r["measured_sparsity"] - r["sparsity"]) < 1e-3 for r in records)
-    made = results.blocks()
+    made = results.blocks(*results.records())
     assert {name for _, name, _ in made} >= {"results/grid.json", "results/genre", "results/budget",
                                              "results/default-runs.json", "results/headline"}
     for path, name, render in made:
